@@ -1,0 +1,1 @@
+"""Text, image and spaCy encoders (installed as mmrec.encoders)."""

@@ -1,0 +1,1 @@
+"""Siamese/attention fusion of item modalities (installed as mmrec.fusion)."""

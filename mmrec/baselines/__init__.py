@@ -1,0 +1,1 @@
+"""ID-only baselines (popularity, BPR, GRU4Rec, SASRec) sharing the SequentialModel interface."""
