@@ -38,6 +38,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated columns joined into item text (default: all but item_id/image_path)")
     parser.add_argument("--no-images", action="store_true", help="embed text only, ignore image_path")
     parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
+    parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
@@ -54,7 +55,7 @@ def run_embed(args: argparse.Namespace) -> int:
         text.batch_size = image.batch_size = args.batch_size
     config = EmbedConfig(
         text_columns=args.text_columns, images_root=args.images_root, use_images=not args.no_images,
-        text=text, image=image, show_progress=None if sys.stderr.isatty() else False,
+        chunk_size=args.chunk_size, text=text, image=image, show_progress=None if sys.stderr.isatty() else False,
     )
     report = embed_catalog(args.catalog, args.store, config)
     for warning in report.warnings:

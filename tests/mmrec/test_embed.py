@@ -1,0 +1,145 @@
+"""embed_catalog end to end on real MovieLens rows and posters: incremental runs, bad rows, interruption."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from mmrec import Store
+from mmrec.embed import EmbedConfig, embed_catalog
+
+from ..conftest import ASSETS, REPO
+
+SCRIPT = REPO / "scripts" / "embed_catalog.py"
+
+
+def _slice(n: int, start: int = 0) -> pd.DataFrame:
+    items = pd.read_csv(ASSETS / "items.csv", dtype=str, keep_default_na=False)
+    with_poster = items[items.image_path != ""]
+    return with_poster.iloc[start : start + n].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, posters, text_encoder, image_encoder):
+    """First run, identical second run, then a 200-row catalogue with three bad rows, into one store."""
+    folder = tmp_path_factory.mktemp("embed")
+    store = Store(folder / "store")
+    catalog = _slice(200)
+    catalog.to_csv(folder / "catalog.csv", index=False)
+    config = EmbedConfig(images_root=posters, text_columns=["title", "genres"])
+    encoders = dict(text_encoder=text_encoder, image_encoder=image_encoder)
+    first = embed_catalog(folder / "catalog.csv", store, config, **encoders)
+    second = embed_catalog(folder / "catalog.csv", store, config, **encoders)
+
+    (folder / "corrupt.jpg").write_bytes((posters / "1.jpg").read_bytes()[:300] + b"\x00garbage" * 40)
+    bad = catalog.copy()
+    bad.loc[0, "image_path"] = str(folder / "corrupt.jpg")
+    bad.loc[1, "image_path"] = "does-not-exist.jpg"
+    bad.loc[2, ["item_id", "title", "year", "genres", "tags", "image_path"]] = ["999999", "", "", "", "", ""]
+    bad.to_csv(folder / "bad.csv", index=False)
+    third = embed_catalog(folder / "bad.csv", store, config, **encoders)
+    return store, catalog, bad, first, second, third
+
+
+def test_first_run_embeds_every_item_with_both_modalities(runs):
+    store, catalog, _, first, _, _ = runs
+    assert (first.embedded, first.unchanged, first.text_only, first.image_only) == (200, 0, 0, 0)
+    assert first.rejected == []
+    item = store.get_item(catalog.item_id[5])
+    assert item.modalities == ("image", "text") and item.title == catalog.title[5]
+    ids, text, present = store.feature_matrix("text")
+    assert len(ids) == 200 and text.shape == (200, 384) and present.all()
+    assert set(store.encoders()) == {"text", "image"}
+
+
+def test_second_run_does_no_work(runs):
+    second = runs[4]
+    assert (second.embedded, second.unchanged) == (0, 200)
+
+
+def test_bad_rows_are_stored_text_only_or_rejected_with_reasons(runs):
+    store, catalog, bad, _, _, third = runs
+    assert [r["item_id"] for r in third.rejected] == ["999999"]
+    assert "no text and no image" in third.rejected[0]["reason"]
+    assert third.text_only == 2 and third.embedded == 2 and third.unchanged == 197
+    reasons = {w["item_id"]: w["reason"] for w in third.warnings}
+    assert "unreadable image" in reasons[bad.item_id[0]] and "not found" in reasons[bad.item_id[1]]
+    for item_id in bad.item_id[:2]:
+        assert store.get_item(item_id).modalities == ("text",)
+    stored = set(store.item_ids())
+    assert sum(i in stored for i in bad.item_id) == 199
+    with pytest.raises(KeyError, match="999999"):
+        store.get_item("999999")
+
+
+def test_script_prints_json_and_documented_exit_status(runs, tmp_path, posters):
+    store, *_ = runs
+    folder = store.path.parent
+    args = [sys.executable, str(SCRIPT), str(folder / "bad.csv"), "--store", str(store.path),
+            "--images-root", str(posters), "--text-columns", "title,genres", "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr  # finished, some rows rejected
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["embedded"] == 0 and summary["unchanged"] == 199
+    assert summary["rejected"][0]["item_id"] == "999999"
+    missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.csv"), "--store", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_catalogue_errors_name_the_row(tmp_path):
+    (tmp_path / "dup.csv").write_text("item_id,title\n1,a\n2,b\n1,c\n")
+    with pytest.raises(ValueError, match=r"'1' appears more than once \(data rows \[1, 3\]\)"):
+        embed_catalog(tmp_path / "dup.csv", tmp_path / "s", EmbedConfig(use_images=False))
+    (tmp_path / "noid.csv").write_text("id,title\n1,a\n")
+    with pytest.raises(ValueError, match="no 'item_id' column"):
+        embed_catalog(tmp_path / "noid.csv", tmp_path / "s", EmbedConfig(use_images=False))
+
+
+def test_jsonl_and_parquet_catalogues(tmp_path, text_encoder):
+    frame = _slice(3)[["item_id", "title", "genres"]]
+    frame.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "c.parquet")
+    config = EmbedConfig(use_images=False)
+    assert embed_catalog(tmp_path / "c.jsonl", tmp_path / "s", config, text_encoder=text_encoder).embedded == 3
+    assert embed_catalog(tmp_path / "c.parquet", tmp_path / "s", config, text_encoder=text_encoder).unchanged == 3
+
+
+def test_killed_run_leaves_a_readable_store_and_rerun_completes(tmp_path):
+    catalog = _slice(600)[["item_id", "title", "genres"]]
+    catalog.to_csv(tmp_path / "catalog.csv", index=False)
+    store_dir = tmp_path / "store"
+    args = [sys.executable, str(SCRIPT), str(tmp_path / "catalog.csv"), "--store", str(store_dir),
+            "--no-images", "--chunk-size", "32", "--json"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, committed = time.monotonic() + 240, 0
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(store_dir / "mmrec.sqlite", timeout=5) as db:
+                committed = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue  # the database is being created
+        if committed >= 64:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < committed < 600, "the run finished before it could be interrupted"
+
+    store = Store(store_dir)
+    survived = len(store)
+    assert survived >= committed
+    ids, vectors, present = store.feature_matrix("text")
+    assert present.all() and (abs((vectors**2).sum(1) - 1) < 1e-4).all()  # no half-written vectors
+    store.close()
+
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["unchanged"] == survived and summary["embedded"] == 600 - survived
