@@ -71,8 +71,160 @@ def run_embed(args: argparse.Namespace) -> int:
     return EXIT_REJECTED if report.rejected else EXIT_OK
 
 
+# -- train / evaluate / refresh -------------------------------------------------------------------------------
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="store folder made by `mmrec embed`")
+    parser.add_argument("--interactions", type=Path, required=True,
+                        help="CSV/JSONL/Parquet with user_id, item_id, timestamp[, event]")
+    parser.add_argument("--context-events", type=Path, default=None,
+                        help="optional text-bearing events (user_id, item_id, timestamp, text|tag|review|query"
+                             "[, event]), e.g. MovieLens tags.csv: GRU inputs, never prediction targets")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    defaults = TrainConfig()
+    _add_data_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (early stopping)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-len", type=int, default=defaults.max_len, help="events of history the GRU reads")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--patience", type=int, default=defaults.patience)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--modalities", type=_csv_list, default=["text", "image", "id"],
+                        help="item signals: any of text,image,id (id alone = a GRU4Rec-style baseline)")
+    parser.add_argument("--device", default="auto")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .jobs import train_store
+    from .training import TrainConfig
+
+    unknown = set(args.modalities) - {"text", "image", "id"}
+    if unknown:
+        raise ValueError(f"--modalities: unknown {sorted(unknown)}; choose from text, image, id")
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len,
+                         learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, device=args.device,
+                         show_progress=None if sys.stderr.isatty() else False)
+    config.model.use_text = "text" in args.modalities
+    config.model.use_image = "image" in args.modalities
+    config.model.use_id = "id" in args.modalities
+    summary = train_store(args.store, args.interactions, args.context_events, config)
+    valid = summary["valid"]
+    print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "
+          f"recall@10 {valid['recall@10']:.4f}; {summary['seconds_per_epoch']:.1f} s/epoch")
+    if args.json:
+        _print_json_last(summary)
+    return EXIT_OK
+
+
+def format_metrics(results: dict) -> str:
+    from .evaluation import METRICS
+
+    lines = [f"{'':<12}" + "".join(f"{m:>11}" for m in METRICS) + f"{'users':>8}"]
+    for stage, metrics in results.items():
+        for prefix, label in (("", stage), ("cold_", f"{stage} cold")):
+            if metrics.get(f"{prefix}ndcg@10") is None:
+                continue
+            n = metrics["n_users"] if not prefix else metrics["n_cold_users"]
+            lines.append(f"{label:<12}" + "".join(f"{metrics[prefix + m]:>11.4f}" for m in METRICS) + f"{n:>8}")
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import math
+
+    from .jobs import evaluate_store
+
+    results = evaluate_store(args.store, args.interactions, args.context_events)
+    print(format_metrics(results))
+    if args.json:
+        flat = {}
+        for stage, metrics in results.items():
+            for key, value in metrics.items():
+                value = None if isinstance(value, float) and math.isnan(value) else value
+                flat[key if stage == "test" else f"valid_{key}"] = value
+        _print_json_last(flat)
+    return EXIT_OK
+
+
+def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="trained store")
+    parser.add_argument("--events", type=Path, default=None,
+                        help="CSV/JSONL/Parquet of new events: user_id, item_id, timestamp[, event][, text]")
+    parser.add_argument("--rebuild", action="store_true", help="recompute every user from the event log")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    from .jobs import refresh_store
+
+    if args.events is None and not args.rebuild:
+        raise ValueError("give --events FILE, --rebuild, or both")
+    report = refresh_store(args.store, args.events, rebuild=args.rebuild)
+    for rejected in report.rejected:
+        print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
+              f"{rejected['reason']}", file=sys.stderr)
+    print(f"refreshed {report.users_refreshed} users: {report.events_applied} events applied, "
+          f"{report.events_duplicate} already applied, {report.users_recomputed} users recomputed from their log, "
+          f"{len(report.rejected)} rejected")
+    if args.json:
+        _print_json_last(report.to_dict())
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+# -- demo: the README's main job ----------------------------------------------------------------------------
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "ml-latest-small"
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=Path("stores/demo"), help="store folder (default stores/demo)")
+    parser.add_argument("--data", type=Path, default=ASSETS,
+                        help="folder with items.csv, interactions.csv, tags.csv (default: the bundled MovieLens)")
+    parser.add_argument("--images-root", type=Path, default=None,
+                        help="folder of <item_id>.jpg posters: run fully multimodal (default: text only)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--users", type=_csv_list, default=["1", "42", "414"], help="users to recommend for")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .embed import EmbedConfig, embed_catalog
+    from .jobs import evaluate_store, train_store
+    from .recommender import Recommender
+    from .training import TrainConfig
+
+    print(f"[1/4] embedding {args.data / 'items.csv'} into {args.store}"
+          + (f" with posters from {args.images_root}" if args.images_root else " (text only)"))
+    report = embed_catalog(args.data / "items.csv", args.store, EmbedConfig(
+        text_columns=["title", "genres"], images_root=args.images_root, use_images=args.images_root is not None))
+    print(f"      embedded {report.embedded}, unchanged {report.unchanged}, text-only {report.text_only}, "
+          f"rejected {len(report.rejected)}")
+    print("[2/4] training (early stopping on validation NDCG@10)")
+    config = TrainConfig(epochs=args.epochs)
+    config.model.use_image = args.images_root is not None
+    summary = train_store(args.store, args.data / "interactions.csv", args.data / "tags.csv", config)
+    print(f"      best epoch {summary['best_epoch']}, {summary['seconds_per_epoch']:.1f} s/epoch")
+    print("[3/4] evaluation (chronological leave-one-out, full ranking over the catalogue)")
+    print(format_metrics(evaluate_store(args.store, args.data / "interactions.csv", args.data / "tags.csv")))
+    print("[4/4] top-10 recommendations")
+    rec = Recommender.load(args.store)
+    titles = rec.store.titles()
+    for user in args.users:
+        recent = [titles[r[1]] for r in rec.store.user_events([user])[user][-3:]]
+        print(f"  user {user} (recently: {'; '.join(recent)})")
+        for rank, (item_id, probability) in enumerate(rec.recommend(user, k=10), 1):
+            print(f"    {rank:>2}. {titles[item_id]}  ({probability:.2f})")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "embed": ("embed new or changed catalogue items into a store", add_embed_arguments, run_embed),
+    "train": ("train fusion + GRU + scorer on a store's features", add_train_arguments, run_train),
+    "evaluate": ("evaluate the store's model under the leave-one-out protocol", _add_data_arguments, run_evaluate),
+    "demo": ("embed, train, evaluate and recommend on the bundled MovieLens data", add_demo_arguments, run_demo),
+    "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, run_refresh),
 }
 
 
@@ -96,7 +248,7 @@ def run_command(name: str, argv: Sequence[str] | None = None) -> int:
 def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return run(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError) as error:  # includes ModelLoadError
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return EXIT_FAILED

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["Store", "StoredItem", "MODALITIES"]
+__all__ = ["Store", "StoredItem", "UserState", "MODALITIES"]
 
 MODALITIES = ("text", "image")
 DB_NAME = "mmrec.sqlite"
@@ -43,6 +43,26 @@ CREATE TABLE IF NOT EXISTS features (
     vector BLOB NOT NULL,
     PRIMARY KEY (item_id, modality)
 );
+CREATE TABLE IF NOT EXISTS item_vectors (
+    item_id TEXT PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    state BLOB NOT NULL,
+    interest BLOB NOT NULL,
+    last_timestamp INTEGER,
+    n_events INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    user_id TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    text TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (user_id, timestamp, item_id, event, text)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS text_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
 """
 
 
@@ -57,6 +77,19 @@ class StoredItem:
     text_hash: str | None
     image_hash: str | None
     modalities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A user's stored GRU state ``(H,)`` and interest vector ``(D,)``, the model that made them, and the time and
+    count of the events folded in."""
+
+    user_id: str
+    model: str
+    state: np.ndarray
+    interest: np.ndarray
+    last_timestamp: int | None
+    n_events: int
 
 
 def _blob(vector: np.ndarray) -> bytes:
@@ -225,6 +258,104 @@ class Store:
             matrix[index] = np.frombuffer(b"".join(blob for _, blob in hits), dtype=np.float32).reshape(len(hits), dim)
             present[index] = True
         return ids, matrix, present
+
+    # -- item vectors, users, events --------------------------------------------------------------------------
+    def put_item_vectors(self, item_ids: Sequence[str], vectors: np.ndarray, model: str) -> None:
+        """Replace the stored item vectors ``(N, D)`` with those of ``model`` (one transaction)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM item_vectors")
+            db.executemany(
+                "INSERT INTO item_vectors VALUES (?, ?, ?)",
+                [(str(i), model, _blob(v)) for i, v in zip(item_ids, vectors)],
+            )
+
+    def item_vectors(self) -> tuple[list[str], np.ndarray, str | None]:
+        """``(item_ids, vectors (N, D), model)`` as last written by training."""
+        rows = self._db.execute("SELECT item_id, model, vector FROM item_vectors").fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32), None
+        ids = [r[0] for r in rows]
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, matrix, rows[0][1]
+
+    def put_users(self, states: Sequence[UserState]) -> None:
+        """Insert or replace user states; call inside :meth:`transaction` to commit them with their events."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.user_id, s.model, _blob(s.state), _blob(s.interest), s.last_timestamp, s.n_events)
+                 for s in states],
+            )
+
+    def get_users(self, user_ids: Sequence[str] | None = None) -> dict[str, UserState]:
+        """Stored states of ``user_ids`` (all users when ``None``); users never seen are absent."""
+        query = "SELECT user_id, model, state, interest, last_timestamp, n_events FROM users"
+        if user_ids is None:
+            rows = self._db.execute(query).fetchall()
+        else:
+            ids = [str(u) for u in user_ids]
+            rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows += self._db.execute(f"{query} WHERE user_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return {
+            r[0]: UserState(r[0], r[1], np.frombuffer(r[2], np.float32), np.frombuffer(r[3], np.float32), r[4], r[5])
+            for r in rows
+        }
+
+    def add_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> None:
+        """Append ``(user_id, timestamp, item_id, event, text)`` rows to the event log; duplicates are ignored."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
+
+    def new_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> np.ndarray:
+        """``(R,) bool``: which rows are absent from the event log (applying them is not a repeat)."""
+        with self.transaction() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (pos INTEGER, user_id TEXT, timestamp INTEGER,"
+                       " item_id TEXT, event TEXT, text TEXT)")
+            db.execute("DELETE FROM incoming")
+            db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?, ?, ?)", [(i, *r) for i, r in enumerate(rows)])
+            seen = db.execute(
+                "SELECT i.pos FROM incoming i JOIN events e ON e.user_id = i.user_id AND e.timestamp = i.timestamp"
+                " AND e.item_id = i.item_id AND e.event = i.event AND e.text = i.text"
+            ).fetchall()
+            db.execute("DELETE FROM incoming")
+        fresh = np.ones(len(rows), dtype=bool)
+        fresh[[p for (p,) in seen]] = False
+        return fresh
+
+    def user_events(self, user_ids: Sequence[str] | None = None) -> dict[str, list[tuple]]:
+        """``user_id -> [(timestamp, item_id, event, text), ...]`` in time order, for ``user_ids`` (all: ``None``).
+
+        Interactions sort before text events at equal timestamps, as in training."""
+        query = "SELECT user_id, timestamp, item_id, event, text FROM events"
+        order = " ORDER BY user_id, timestamp, text != '', item_id"
+        if user_ids is None:
+            rows = self._db.execute(query + order).fetchall()
+        else:
+            ids = list(dict.fromkeys(str(u) for u in user_ids))
+            rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(f"{query} WHERE user_id IN ({marks}){order}", chunk).fetchall()
+        result: dict[str, list[tuple]] = {} if user_ids is None else {str(u): [] for u in user_ids}
+        for user_id, *event in rows:
+            result.setdefault(user_id, []).append(tuple(event))
+        return result
+
+    def cached_texts(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, blob in self._db.execute(f"SELECT key, vector FROM text_cache WHERE key IN ({marks})", chunk):
+                found[key] = np.frombuffer(blob, np.float32)
+        return found
+
+    def cache_texts(self, entries: dict[str, np.ndarray]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO text_cache VALUES (?, ?)", [(k, _blob(v)) for k, v in entries.items()])
 
 
 def sort_ids(ids: Iterable[str]) -> list[str]:

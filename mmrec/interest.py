@@ -1,0 +1,133 @@
+"""Interest model: a GRU over a user's behaviour events whose hidden state is the user's interest.
+
+Each event contributes ``item vector + event-type embedding + time-gap embedding + projected event text`` (the
+text of a review, query or tag, when the event has one). Advancing a user by one event is one GRU step from the
+stored state, so interests can be refreshed per event without recomputing the history.
+
+Reference: Hidasi et al., "Session-based Recommendations with Recurrent Neural Networks" (GRU4Rec), ICLR 2016.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["InterestConfig", "InterestModel", "gap_buckets"]
+
+
+def gap_buckets(gaps_seconds: np.ndarray | torch.Tensor, n_buckets: int) -> np.ndarray | torch.Tensor:
+    """Log2-spaced buckets of the time since the previous event: 0 s -> 0, 1 s -> 1, ~1 h -> 12, ~1 y -> 25.
+
+    Negative gaps (clock skew) count as 0; the last bucket absorbs everything longer.
+    """
+    if isinstance(gaps_seconds, torch.Tensor):
+        g = gaps_seconds.clamp(min=0).double()
+        return torch.floor(torch.log2(g + 1)).long().clamp(max=n_buckets - 1)
+    g = np.maximum(np.asarray(gaps_seconds, dtype=np.float64), 0)
+    return np.minimum(np.floor(np.log2(g + 1)).astype(np.int64), n_buckets - 1)
+
+
+@dataclass
+class InterestConfig:
+    """Attributes:
+        item_dim: size ``D`` of item vectors (the GRU input and the interest vector).
+        hidden_dim: GRU state size ``H``.
+        n_events: event-type vocabulary size (fixed at training time).
+        text_dim: size of event-text vectors (0 = events carry no text).
+        n_gap_buckets: time-gap buckets (see :func:`gap_buckets`).
+        dropout: on the GRU inputs and outputs.
+    """
+
+    item_dim: int = 128
+    hidden_dim: int = 128
+    n_events: int = 1
+    text_dim: int = 384
+    n_gap_buckets: int = 28
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.n_events < 1:
+            raise ValueError(f"n_events must be >= 1, got {self.n_events}")
+        if self.hidden_dim < 1 or self.item_dim < 1:
+            raise ValueError("hidden_dim and item_dim must be >= 1")
+
+
+class InterestModel(nn.Module):
+    """``(B, L, D)`` item vectors of events + event ids + gap buckets (+ text) -> ``(B, L, H)`` states.
+
+    ``initial_state (H,)`` is learned: it is the interest of a user with no history (the cold-user fallback).
+
+    Example::
+
+        >>> m = InterestModel(InterestConfig(n_events=2, text_dim=0))
+        >>> x = m.event_inputs(torch.randn(3, 5, 128), torch.zeros(3, 5, dtype=torch.long),
+        ...                    torch.zeros(3, 5, dtype=torch.long))
+        >>> states, last = m(x, torch.tensor([5, 2, 1]))
+        >>> states.shape, last.shape
+        (torch.Size([3, 5, 128]), torch.Size([3, 128]))
+    """
+
+    def __init__(self, config: InterestConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.event_embedding = nn.Embedding(c.n_events, c.item_dim)
+        self.gap_embedding = nn.Embedding(c.n_gap_buckets, c.item_dim)
+        nn.init.normal_(self.event_embedding.weight, std=0.02)
+        nn.init.normal_(self.gap_embedding.weight, std=0.02)
+        self.text_proj = nn.Linear(c.text_dim, c.item_dim) if c.text_dim else None
+        self.input_norm = nn.LayerNorm(c.item_dim)
+        self.dropout = nn.Dropout(c.dropout)
+        self.gru = nn.GRU(c.item_dim, c.hidden_dim, batch_first=True)
+        self.initial_state = nn.Parameter(torch.zeros(c.hidden_dim))
+        self.to_interest = nn.Linear(c.hidden_dim, c.item_dim)
+
+    def event_inputs(
+        self,
+        item_vectors: torch.Tensor,
+        events: torch.Tensor,
+        gaps: torch.Tensor,
+        text: torch.Tensor | None = None,
+        has_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """GRU inputs ``(..., D)`` from item vectors ``(..., D)``, event ids and gap buckets ``(...)`` and optional
+        event text ``(..., T)`` with its presence mask ``(...)``."""
+        x = item_vectors + self.event_embedding(events) + self.gap_embedding(gaps)
+        if self.text_proj is not None and text is not None:
+            projected = self.text_proj(text)
+            if has_text is not None:
+                projected = projected * has_text.unsqueeze(-1).to(projected.dtype)
+            x = x + projected
+        return self.dropout(self.input_norm(x))
+
+    def initial(self, batch_size: int) -> torch.Tensor:
+        """``(B, H)`` state of users with no history."""
+        return self.initial_state.expand(batch_size, -1)
+
+    def forward(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the GRU over right-padded inputs ``(B, L, D)`` with ``lengths (B,)`` >= 1 from ``state (B, H)``
+        (default: the learned initial state). Returns all states ``(B, L, H)`` (zeros past each length) and each
+        row's last state ``(B, H)``."""
+        b, width = inputs.shape[:2]
+        h0 = (self.initial(b) if state is None else state).unsqueeze(0).contiguous()
+        # Plain (unpacked) GRU: padding sits after each row's events, so it never reaches a real position's
+        # state; packed sequences give the same numbers with a much slower backward pass on CPU.
+        out, _ = self.gru(inputs, h0)
+        real = torch.arange(width, device=inputs.device)[None, :] < lengths[:, None]
+        out = out * real.unsqueeze(-1).to(out.dtype)
+        last = out.gather(1, (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, out.shape[-1])).squeeze(1)
+        return out, last
+
+    def step(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """One event for each of ``B`` users: inputs ``(B, D)``, states ``(B, H)`` -> new states ``(B, H)``."""
+        _, h_n = self.gru(inputs.unsqueeze(1), state.unsqueeze(0).contiguous())
+        return h_n[0]
+
+    def interest(self, states: torch.Tensor) -> torch.Tensor:
+        """Interest vectors ``(..., D)`` from GRU states ``(..., H)``."""
+        return self.to_interest(self.dropout(states))

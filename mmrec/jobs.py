@@ -1,0 +1,177 @@
+"""Job-level entry points behind the CLI and scripts: train, evaluate, refresh."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import read_table
+from .encoders.preprocess import clean_text
+from .recommender import Recommender
+from .store import Store
+from .training import TrainConfig, evaluate_model, fit, load_training_data
+
+__all__ = ["train_store", "evaluate_store", "refresh_store", "RefreshReport"]
+
+MODEL_DIR = "model"
+
+
+def _model_id(model: torch.nn.Module, seed: int) -> str:
+    digest = hashlib.sha256(str(seed).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_store(store_dir, interactions, context_events=None, config: TrainConfig | None = None,
+                log=print, unknown_items: str = "error", text_encoder=None) -> dict:
+    """Train on ``interactions`` (+ optional text-bearing ``context_events``) against the items in ``store_dir``;
+    save the model in ``STORE/model``, write item vectors, the event log and every user's interest vector.
+    Returns a summary (epochs, best epoch, validation metrics, seconds)."""
+    config = config or TrainConfig()
+    store = Store(store_dir, create=False)
+    data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
+    if log:
+        log(f"{data.split.n_users} users, {len(data.item_ids)} items, {len(data.behaviour.item)} events "
+            f"({int((~data.behaviour.is_interaction).sum())} with text); training on {data.encoders}")
+    result = fit(data, config, log)
+    model = result.model.cpu()
+    model_id = _model_id(model, config.seed)
+    counts = np.bincount(data.split.train.event, minlength=len(data.event_names))
+    summary = {
+        "epochs": len(result.history), "best_epoch": result.best_epoch, "valid": result.best_valid,
+        "seconds": round(result.seconds, 1), "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+        "max_len": config.max_len, "seed": config.seed, "history": result.history,
+        "train_config": {k: v for k, v in asdict(config).items() if k != "model"},
+    }
+    meta = {
+        "model_id": model_id,
+        "item_ids": list(data.item_ids),
+        "known_items": np.flatnonzero(data.features.known.numpy()).tolist(),
+        "event_names": list(data.event_names),
+        "default_event": data.event_names[int(counts.argmax())],
+        "encoders": data.encoders,
+        "train": summary,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    model.save(store.path / MODEL_DIR, meta)
+    _write_event_log(store, interactions, context_events, data)
+    rec = Recommender.load(store, device="cpu")
+    store.put_item_vectors(rec.item_ids, rec.item_vectors.numpy(), model_id)
+    rebuilt = rec.rebuild()
+    if log:
+        log(f"saved model {model_id} to {store.path / MODEL_DIR}; {rebuilt} user interest vectors refreshed")
+    return {"model_id": model_id, "users": rebuilt, **{k: v for k, v in summary.items() if k != "history"}}
+
+
+def _write_event_log(store: Store, interactions, context_events, data) -> None:
+    """Every user's events (all interactions, including held-out ones, and text events) into the store's log."""
+    frame = read_table(interactions)
+    events = frame["event"].astype(str) if "event" in frame.columns else data.event_names[0]
+    known = set(data.item_ids)
+    rows = pd.DataFrame({"user_id": frame["user_id"].astype(str), "timestamp": pd.to_numeric(frame["timestamp"]),
+                         "item_id": frame["item_id"].astype(str), "event": events, "text": ""})
+    if context_events is not None:
+        ctx = read_table(context_events)
+        text_column = next(c for c in ("text", "tag", "review", "query") if c in ctx.columns)
+        rows = pd.concat([rows, pd.DataFrame({
+            "user_id": ctx["user_id"].astype(str), "timestamp": pd.to_numeric(ctx["timestamp"], errors="coerce"),
+            "item_id": ctx["item_id"].astype(str),
+            "event": ctx["event"].astype(str) if "event" in ctx.columns else text_column,
+            "text": ctx[text_column].map(clean_text)})])
+    rows = rows[rows.item_id.isin(known) & rows.timestamp.notna() & rows.event.isin(data.event_names)]
+    rows = rows.assign(timestamp=rows.timestamp.astype(np.int64))
+    store.add_events(list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None)))
+
+
+def evaluate_store(store_dir, interactions, context_events=None, stages=("valid", "test"), text_encoder=None
+                   ) -> dict:
+    """DESIGN.md protocol metrics of the store's model: ``{stage: metrics}``, cold-item metrics included."""
+    rec = Recommender.load(store_dir, device="cpu")
+    data = load_training_data(rec.store, interactions, context_events, text_encoder)
+    if list(data.item_ids) != rec.meta["item_ids"]:
+        raise ValueError("the store's items changed since training: retrain before evaluating")
+    results = {}
+    for stage in stages:
+        result = evaluate_model(rec.model, data, stage, rec.max_len)
+        results[stage] = {**result.metrics, **result.cold_metrics, "n_users": result.n_users,
+                          "n_cold_users": result.n_cold_users}
+    return results
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh did: users whose interest changed, events applied, events already in the log, users
+    recomputed from their log, and rejected rows with reasons."""
+
+    users_refreshed: int = 0
+    events_applied: int = 0
+    events_duplicate: int = 0
+    users_recomputed: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple], list[dict]]:
+    """Rows ``(user_id, timestamp, item_id, event, text)`` that can be applied, and the rejected ones with reasons
+    (row numbers count data rows from 1)."""
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"events file lacks column(s) {missing} (columns: {list(frame.columns)})")
+    users = frame["user_id"].astype(str).str.strip()
+    items = frame["item_id"].astype(str).str.strip()
+    stamps = pd.to_numeric(frame["timestamp"], errors="coerce")
+    events = frame["event"].astype(str).str.strip() if "event" in frame.columns else pd.Series(
+        rec.default_event, index=frame.index)
+    text_column = next((c for c in ("text", "tag", "review", "query") if c in frame.columns), None)
+    texts = frame[text_column].map(clean_text) if text_column else pd.Series("", index=frame.index)
+    reasons = pd.Series("", index=frame.index)
+    checks = [
+        (users.isin(["", "nan", "None"]), "empty user_id"),
+        (~items.isin(list(rec._position)), "unknown item_id (not in the store)"),
+        (stamps.isna() | (stamps != stamps.round()), "timestamp is not an integer (unix seconds)"),
+        (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
+    ]
+    for bad, reason in checks:
+        reasons = reasons.mask(bad & (reasons == ""), reason)
+    bad = reasons != ""
+    rejected = [{"row": int(i) + 1, "user_id": users[i], "item_id": items[i], "reason": reasons[i]}
+                for i in np.flatnonzero(bad.to_numpy())]
+    good = ~bad
+    rows = list(zip(users[good], stamps[good].astype(np.int64).tolist(), items[good], events[good], texts[good]))
+    return rows, rejected
+
+
+def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048) -> RefreshReport:
+    """Apply a file of new behaviour events to the stored interest vectors (vectorised over users, committed in
+    batches of users), or recompute every user from the log with ``rebuild=True``. Re-applying the same file is a
+    no-op: events already in the log are skipped."""
+    rec = Recommender.load(store_dir, device="cpu")
+    report = RefreshReport()
+    if events is not None:
+        rows, report.rejected = _validate_events(read_table(events), rec)
+        by_user: dict[str, list[tuple]] = {}
+        for row in rows:
+            by_user.setdefault(row[0], []).append(row)
+        users = list(by_user)
+        for start in range(0, len(users), batch_users):
+            chunk = [r for u in users[start : start + batch_users] for r in by_user[u]]
+            counts = rec.apply_events(chunk)
+            report.users_refreshed += counts["users"]
+            report.events_applied += counts["applied"]
+            report.events_duplicate += counts["duplicates"]
+            report.users_recomputed += counts["recomputed"]
+    if rebuild:
+        report.users_recomputed += rec.rebuild()
+        report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
+    return report

@@ -1,0 +1,245 @@
+"""The multimodal sequential recommender: fusion -> item vectors -> GRU interests -> MLP scorer.
+
+Implements the interface every model in mmrec shares (RecBole style): ``loss(batch)`` for training and
+``full_sort_scores(batch)`` for ranking the whole catalogue, plus ``item_vectors`` and the one-step ``advance``
+used for real-time interest updates. Weights save as safetensors with a JSON config (no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .behaviour import BehaviourBatch
+from .fusion import FusionConfig, ItemFusion
+from .interest import InterestConfig, InterestModel
+from .scorer import MLPScorer, ScorerConfig
+
+__all__ = ["ItemFeatures", "ModelConfig", "MultimodalRecommender", "ModelLoadError"]
+
+
+class ModelLoadError(ValueError):
+    """A saved model cannot be used with this store (encoder mismatch, missing files...)."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
+    (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over
+    the catalogue), the scorer's binary cross-entropy and the fusion's contrastive alignment."""
+
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    interest: InterestConfig = field(default_factory=InterestConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    use_text: bool = True
+    use_image: bool = True
+    use_id: bool = True
+    scorer_weight: float = 0.2
+    alignment_weight: float = 0.1
+    scorer_negatives: int = 16
+    scorer_targets: int = 1024
+    alignment_batch: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        return cls(
+            fusion=FusionConfig(**data.pop("fusion")),
+            interest=InterestConfig(**data.pop("interest")),
+            scorer=ScorerConfig(**data.pop("scorer")),
+            **data,
+        )
+
+
+@dataclass
+class ItemFeatures:
+    """Stored encoder features of ``N`` items, aligned with the model's item order.
+
+    ``text (N, 384)``, ``image (N, 1280)`` float32; ``present (N, 2)`` bool (text, image); ``id_index (N,)`` long
+    into the ID embedding; ``known (N,)`` bool: the item was seen in training, so its ID token may be used.
+    """
+
+    text: torch.Tensor
+    image: torch.Tensor
+    present: torch.Tensor
+    id_index: torch.Tensor
+    known: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    def to(self, device: torch.device | str) -> "ItemFeatures":
+        return ItemFeatures(*(t.to(device) for t in (self.text, self.image, self.present, self.id_index, self.known)))
+
+    def take(self, index: torch.Tensor) -> "ItemFeatures":
+        return ItemFeatures(*(t[index] for t in (self.text, self.image, self.present, self.id_index, self.known)))
+
+
+class MultimodalRecommender(nn.Module):
+    """Fusion + interest GRU + scorer.
+
+    Shapes: ``item_vectors(features) -> (N, D)``; ``interests(batch, V) -> (B, D)`` for the state after each row's
+    last event; ``full_sort_scores(batch, V) -> (B, N)``; ``loss(batch, features) -> scalar``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        if not (config.use_text or config.use_image or config.use_id):
+            raise ValueError("ModelConfig: at least one of use_text, use_image, use_id must be True")
+        self.fusion = ItemFusion(config.fusion)
+        self.interest_model = InterestModel(config.interest)
+        self.scorer = MLPScorer(config.scorer)
+
+    # -- items -------------------------------------------------------------------------------------------------
+    def item_vectors(self, features: ItemFeatures) -> torch.Tensor:
+        """``(N, D)`` fused vectors of the given items."""
+        c = self.config
+        present = features.present.clone()
+        present[:, 0] &= c.use_text
+        present[:, 1] &= c.use_image
+        return self.fusion(
+            features.text if c.use_text else None,
+            features.image if c.use_image else None,
+            present,
+            features.id_index if c.use_id else None,
+            features.known if c.use_id else None,
+        )
+
+    # -- users -------------------------------------------------------------------------------------------------
+    def step_inputs(self, vectors: torch.Tensor, items, events, gaps, texts, text_table=None) -> torch.Tensor:
+        """GRU inputs ``(..., D)`` for events given by item/event/gap/text indices ``(...)``.
+
+        ``vectors (N, D)`` are the item vectors (index ``N`` = padding); ``texts`` index rows of ``text_table
+        (T, text_dim)``, -1 for events without text."""
+        padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])
+        text = has_text = None
+        if self.interest_model.text_proj is not None and text_table is not None and len(text_table):
+            has_text = texts >= 0
+            text = text_table[texts.clamp(min=0)]
+        return self.interest_model.event_inputs(padded[items], events, gaps, text, has_text)
+
+    def states(self, batch: BehaviourBatch, vectors: torch.Tensor, state: torch.Tensor | None = None,
+               text_table: torch.Tensor | None = None):
+        """GRU states ``(B, L, H)`` and last states ``(B, H)``, starting from ``state (B, H)`` (default: the
+        learned initial state); rows with no events keep their starting state."""
+        b = batch.lengths.shape[0]
+        start = self.interest_model.initial(b) if state is None else state
+        inputs = self.step_inputs(vectors, batch.items, batch.events, batch.gaps, batch.texts, text_table)
+        lengths = batch.lengths.clamp(min=1)
+        out, last = self.interest_model(inputs, lengths, start)
+        empty = batch.lengths == 0
+        if empty.any():
+            last = torch.where(empty[:, None], start, last)
+            out = out.masked_fill(empty[:, None, None], 0.0)
+        return out, last
+
+    def interests(self, batch: BehaviourBatch, vectors: torch.Tensor, text_table: torch.Tensor | None = None):
+        """``(B, D)`` interest vectors after each row's events (from the initial state)."""
+        _, last = self.states(batch, vectors, text_table=text_table)
+        return self.interest_model.interest(last)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+    def rerank(self, interest: torch.Tensor, vectors: torch.Tensor, dot: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, N)`` where the top ``rerank`` items by dot product are ordered by the MLP and placed above
+        every other item; the rest keep their dot-product order."""
+        k = min(self.config.scorer.rerank, dot.shape[1])
+        if k == 0:
+            return dot
+        top = dot.topk(k, dim=1).indices  # (B, k)
+        logits = self.scorer.logits(interest, vectors[top])
+        offset = dot.max() - logits.min() + 1.0
+        return dot.scatter(1, top, logits + offset)
+
+    def full_sort_scores(self, batch: BehaviourBatch, vectors: torch.Tensor, exclude: torch.Tensor | None = None,
+                         text_table: torch.Tensor | None = None):
+        """``(B, N)`` ranking scores over every item; ``exclude (B, N)`` bool masks items before re-ranking so the
+        MLP spends its candidates on rankable items."""
+        interest = self.interests(batch, vectors, text_table)
+        dot = interest @ vectors.T
+        if exclude is not None:
+            dot = dot.masked_fill(exclude, float("-inf"))
+        return self.rerank(interest, vectors, dot)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def loss(self, batch: BehaviourBatch, features: ItemFeatures, text_table: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-item cross-entropy over the whole catalogue + scorer BCE (hard and random negatives) + alignment."""
+        c = self.config
+        vectors = self.item_vectors(features)  # (N, D)
+        out, _ = self.states(batch, vectors, text_table=text_table)
+        b = out.shape[0]
+        start = self.interest_model.initial(b).unsqueeze(1)
+        all_states = torch.cat([start, out], dim=1)  # (B, L+1, H): column j predicts targets[:, j]
+        mask = batch.targets != len(features)
+        interest = self.interest_model.interest(all_states[mask])  # (M, D)
+        target = batch.targets[mask]
+        logits = interest @ vectors.T  # (M, N)
+        next_item = F.cross_entropy(logits, target)
+        parts = {"next_item": next_item.item()}
+        total = next_item
+        if c.scorer_weight > 0:
+            scorer = self._scorer_loss(interest, vectors, logits.detach(), target)
+            total = total + c.scorer_weight * scorer
+            parts["scorer"] = scorer.item()
+        if c.alignment_weight > 0 and c.use_text and c.use_image:
+            both = torch.nonzero(features.present.all(1)).squeeze(1)
+            if len(both) > 1:
+                pick = both[torch.randperm(len(both), device=both.device)[: c.alignment_batch]]
+                align = self.fusion.alignment_loss(features.text[pick], features.image[pick])
+                total = total + c.alignment_weight * align
+                parts["alignment"] = align.item()
+        return total, parts
+
+    def _scorer_loss(self, interest, vectors, logits, target) -> torch.Tensor:
+        """BCE of the MLP on the true next item vs hard negatives (the retrieval's best wrong items, what it
+        re-ranks in practice) and uniform random negatives."""
+        k = self.config.scorer_negatives
+        # The MLP runs on (targets x negatives) pairs: a random subset of targets keeps its cost below the
+        # full-softmax term's without biasing the loss.
+        if len(target) > self.config.scorer_targets:
+            keep = torch.randperm(len(target), device=target.device)[: self.config.scorer_targets]
+            interest, logits, target = interest[keep], logits[keep], target[keep]
+        logits = logits.scatter(1, target[:, None], float("-inf"))
+        hard = logits.topk(k // 2, dim=1).indices
+        rand = torch.randint(0, vectors.shape[0], (len(target), k - k // 2), device=target.device)
+        candidates = torch.cat([target[:, None], hard, rand], dim=1)  # (M, 1 + k)
+        labels = torch.zeros_like(candidates, dtype=torch.float32)
+        labels[:, 0] = 1.0
+        labels[candidates == target[:, None]] = 1.0  # a random pick that hit the target is a positive
+        scores = self.scorer.logits(interest, vectors[candidates])
+        return F.binary_cross_entropy_with_logits(scores, labels)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, folder: Path, extra: dict) -> None:
+        """``model.safetensors`` + ``config.json`` (the model config and ``extra``: item ids, event vocabulary,
+        encoder versions...). Written to temporary names and renamed, so a crash never leaves half a model."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
+        save_file(tensors, str(tmp_weights))
+        tmp_config.write_text(json.dumps({"model": self.config.to_dict(), **extra}, indent=2))
+        tmp_weights.replace(folder / "model.safetensors")
+        tmp_config.replace(folder / "config.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple["MultimodalRecommender", dict]:
+        config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ModelLoadError(f"no trained model in {folder} (run `mmrec train` first)")
+        meta = json.loads(config_path.read_text())
+        tensors = load_file(str(weights_path))
+        model = cls(ModelConfig.from_dict(meta["model"]))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model, meta

@@ -1,0 +1,293 @@
+"""The Python API: load a trained store, score user-item pairs, recommend top-k, update interests per event.
+
+Example::
+
+    from mmrec import Recommender
+    rec = Recommender.load("stores/ml")
+    rec.score("1", ["260", "1210"])               # array([0.91, 0.88], dtype=float32)
+    rec.recommend("1", k=10)                       # [("1196", 0.93), ...]
+    rec.observe("1", "2628", timestamp=1700000000) # one GRU step; the next score reflects it
+    rec.score(history=[("260", "interaction", 1), ("1196", "interaction", 2)], item_ids=["1210"])
+
+Cold users: a user id the store has never seen is scored from the learned initial state, i.e. the interest the
+model assigns before any event (close to "what new users engage with first"), and gets a stored state from their
+first observed event on. Items embedded after training have no learned ID and are represented by their content.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .behaviour import BehaviourBatch
+from .interest import gap_buckets
+from .model import ModelLoadError, MultimodalRecommender
+from .store import Store, UserState
+from .training import embed_event_texts, item_features
+
+__all__ = ["Recommender", "Event"]
+
+#: ``(item_id, event, timestamp)`` or ``(item_id, event, timestamp, text)``.
+Event = tuple
+
+
+class Recommender:
+    """A trained model bound to its store. Build with :meth:`load`."""
+
+    def __init__(self, store: Store, model: MultimodalRecommender, meta: dict, device: torch.device) -> None:
+        self.store = store
+        self.model = model
+        self.meta = meta
+        self.device = device
+        self.model_id: str = meta["model_id"]
+        self.event_names: tuple[str, ...] = tuple(meta["event_names"])
+        self.default_event: str = meta.get("default_event", self.event_names[0])
+        self.max_len: int = meta["train"]["max_len"]
+        self.n_gap_buckets = model.config.interest.n_gap_buckets
+        self.item_ids: list[str] = store.item_ids()
+        self._position = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        trained = {item_id: i for i, item_id in enumerate(meta["item_ids"])}
+        known_trained = np.zeros(len(meta["item_ids"]), bool)
+        known_trained[meta["known_items"]] = True
+        id_index = np.array([trained.get(i, 0) for i in self.item_ids], dtype=np.int64)
+        known = np.array([i in trained for i in self.item_ids]) & known_trained[id_index]
+        features = item_features(store, self.item_ids, known)
+        features.id_index = torch.from_numpy(id_index)
+        with torch.no_grad():
+            self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
+        self._text_encoder = None
+
+    # -- loading -----------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, store: str | Path | Store, device: str = "auto") -> "Recommender":
+        """Open ``store`` and its trained model. Raises :class:`~mmrec.model.ModelLoadError` when there is no
+        model or the store's features were made by other encoders than the ones the model was trained on."""
+        from .encoders.precision import resolve_device
+
+        store = store if isinstance(store, Store) else Store(store, create=False)
+        model, meta = MultimodalRecommender.load(store.path / "model")
+        check_encoders(meta.get("encoders", {}), store.encoders(), model)
+        device = resolve_device(device)
+        return cls(store, model.to(device), meta, device)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _item_positions(self, item_ids: Iterable) -> torch.Tensor:
+        ids = [str(i) for i in item_ids]
+        unknown = [i for i in ids if i not in self._position]
+        if unknown:
+            raise KeyError(f"unknown item id(s) {unknown[:10]}: not in the store (embed them first)")
+        return torch.tensor([self._position[i] for i in ids], dtype=torch.long, device=self.device)
+
+    def _event_index(self, event: str | None) -> int:
+        event = self.default_event if event is None else str(event)
+        if event not in self.event_names:
+            raise ValueError(f"unknown event {event!r}; known events: {list(self.event_names)}")
+        return self.event_names.index(event)
+
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        if self._text_encoder is None:
+            from .encoders.text import TextEncoder
+
+            self._text_encoder = TextEncoder()
+        return embed_event_texts(self.store, texts, self._text_encoder)
+
+    def _batch(self, sequences: Sequence[list[tuple]], previous: Sequence[int | None]) -> tuple[BehaviourBatch, torch.Tensor]:
+        """Pad per-user event lists ``(timestamp, item_id, event, text)`` into a batch; gaps of each first event
+        are measured from ``previous`` (the user's last folded-in timestamp, if any)."""
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        width = max(int(lengths.max(initial=0)), 1)
+        b = len(sequences)
+        items = np.full((b, width), len(self.item_ids), np.int64)
+        events = np.zeros((b, width), np.int64)
+        stamps = np.zeros((b, width), np.int64)
+        texts = np.full((b, width), -1, np.int64)
+        unique_texts: dict[str, int] = {}
+        for r, rows in enumerate(sequences):
+            for j, (ts, item_id, event, text) in enumerate(rows):
+                items[r, j] = self._position[item_id]
+                events[r, j] = self.event_names.index(event)
+                stamps[r, j] = ts
+                if text:
+                    texts[r, j] = unique_texts.setdefault(text, len(unique_texts))
+        prev = np.array([p if p is not None else 0 for p in previous], np.int64)
+        first_gap = np.where(np.array([p is None for p in previous]), 0, stamps[:, 0] - prev)
+        gaps = np.concatenate([first_gap[:, None], np.diff(stamps, axis=1)], axis=1)
+        gaps = gap_buckets(gaps, self.n_gap_buckets)
+        table = torch.from_numpy(self._text_vectors(list(unique_texts))) if unique_texts else torch.zeros(0, 384)
+        t = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        batch = BehaviourBatch(items=t(items), events=t(events), gaps=t(gaps), texts=t(texts), lengths=t(lengths),
+                               users=t(np.arange(b)))
+        return batch, table.to(self.device)
+
+    @torch.no_grad()
+    def advance(self, sequences: Sequence[list[tuple]], states: torch.Tensor | None,
+                previous: Sequence[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold each user's events into its state, all users at once: ``B`` event lists + states ``(B, H)``
+        (``None``: from the initial state) -> new states ``(B, H)`` and interests ``(B, D)``."""
+        batch, table = self._batch(sequences, previous)
+        _, last = self.model.states(batch, self.item_vectors, states, table)
+        return last, self.model.interest_model.interest(last)
+
+    def _sorted(self, rows: Iterable[tuple]) -> list[tuple]:
+        """Time order as in training: timestamp, interactions before text events, then numeric item id."""
+        # self._position follows the store's id order (numeric when ids are numbers), as the split does.
+        return sorted(rows, key=lambda r: (r[0], r[3] != "", self._position.get(r[1], 0)))
+
+    def _user_interest(self, user_id) -> torch.Tensor:
+        state = self.store.get_users([str(user_id)]).get(str(user_id))
+        if state is None or state.model != self.model_id:
+            if state is not None:
+                # A state from an older model: recompute from the log rather than mix models.
+                self.rebuild([str(user_id)])
+                state = self.store.get_users([str(user_id)])[str(user_id)]
+            else:
+                with torch.no_grad():
+                    h = self.model.interest_model.initial(1)
+                    return self.model.interest_model.interest(h)[0]
+        return torch.from_numpy(state.interest.copy()).to(self.device)
+
+    def _history_interest(self, history: Sequence[Event]) -> torch.Tensor:
+        rows = []
+        for n, event in enumerate(history):
+            if not isinstance(event, (tuple, list)) or len(event) not in (3, 4):
+                raise ValueError(f"history[{n}] must be (item_id, event, timestamp[, text]), got {event!r}")
+            item_id, name, ts = str(event[0]), event[1], event[2]
+            self._item_positions([item_id])
+            self._event_index(name)
+            rows.append((int(ts), item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
+        rows = self._sorted(rows)[-self.max_len :]
+        if not rows:
+            with torch.no_grad():
+                return self.model.interest_model.interest(self.model.interest_model.initial(1))[0]
+        _, interest = self.advance([rows], None, [None])
+        return interest[0]
+
+    # -- public API --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, user_id=None, item_ids: Sequence | None = None, *, history: Sequence[Event] | None = None
+              ) -> np.ndarray:
+        """Probability ``(len(item_ids),) float32`` in [0, 1] that the user engages with each item, in the given
+        order. Give either a stored ``user_id`` (unknown users get the cold-user fallback) or a ``history`` of
+        ``(item_id, event, timestamp)`` for a user the store has never seen."""
+        if item_ids is None or isinstance(item_ids, (str, bytes)):
+            raise ValueError("item_ids must be a list of item ids")
+        if (user_id is None) == (history is None):
+            raise ValueError("give exactly one of user_id or history")
+        items = self._item_positions(item_ids)
+        interest = self._user_interest(user_id) if history is None else self._history_interest(history)
+        if len(items) == 0:
+            return np.zeros(0, np.float32)
+        probs = self.model.scorer.probability(interest[None], self.item_vectors[items][None])[0]
+        return probs.float().cpu().numpy()
+
+    @torch.no_grad()
+    def recommend(self, user_id, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
+        """Top ``k`` ``(item_id, probability)`` over the whole catalogue: exact dot-product retrieval of the best
+        ``max(k, rerank)`` candidates, re-ranked by the MLP scorer."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        interest = self._user_interest(user_id)
+        dot = self.item_vectors @ interest  # (N,)
+        if exclude_seen:
+            seen = {row[1] for row in self.store.user_events([str(user_id)])[str(user_id)]}
+            if seen:
+                dot[self._item_positions(seen & self._position.keys())] = float("-inf")
+        n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))
+        top = dot.topk(n_candidates).indices
+        probs = self.model.scorer.probability(interest[None], self.item_vectors[top][None])[0]
+        order = probs.argsort(descending=True)[:k]
+        return [(self.item_ids[int(top[i])], float(probs[i])) for i in order]
+
+    def observe(self, user_id, item_id, event: str | None = None, timestamp: int | float | None = None,
+                text: str | None = None) -> None:
+        """Fold one event into the user's stored interest (one GRU step) and append it to their event log.
+
+        ``event`` defaults to the training data's event (``"interaction"`` when it had no event column);
+        ``timestamp`` defaults to now. An event older than the user's last one is placed in time order by
+        recomputing that user from the log."""
+        if user_id is None or str(user_id) == "":
+            raise ValueError("user_id must be given")
+        self._item_positions([item_id])
+        name = self.event_names[self._event_index(event)]
+        ts = int(time.time() if timestamp is None else timestamp)
+        from .encoders.preprocess import clean_text
+
+        row = (str(user_id), ts, str(item_id), name, clean_text(text) if text else "")
+        self.apply_events([row])
+
+    def apply_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> dict[str, int]:
+        """Apply validated ``(user_id, timestamp, item_id, event, text)`` rows: rows already in the log are skipped,
+        users advance from their stored state (or are recomputed from the log when an event is older than their
+        last one, or their state came from another model), and events + states commit in one transaction.
+        Returns counts ``users``, ``applied``, ``duplicates``, ``recomputed``."""
+        fresh_mask = self.store.new_events(rows)
+        fresh = list(dict.fromkeys(r for r, f in zip(rows, fresh_mask) if f))
+        by_user: dict[str, list[tuple]] = {}
+        for user_id, ts, item_id, event, text in fresh:
+            by_user.setdefault(user_id, []).append((ts, item_id, event, text))
+        stored = self.store.get_users(list(by_user))
+        logged = self.store.user_events([u for u in by_user if u not in stored])
+        step_users, recompute = [], []
+        for user_id, events in by_user.items():
+            state = stored.get(user_id)
+            if state is None and not logged[user_id]:
+                step_users.append(user_id)  # brand-new user: start from the initial state
+            elif state is None or state.model != self.model_id or min(e[0] for e in events) < (state.last_timestamp or 0):
+                recompute.append(user_id)
+            else:
+                step_users.append(user_id)
+        with self.store.transaction():
+            self.store.add_events(fresh)
+            updates = []
+            if step_users:
+                seqs = [self._sorted(by_user[u]) for u in step_users]
+                starts = [stored.get(u) for u in step_users]
+                init = self.model.interest_model.initial(len(step_users)).detach().clone()
+                for i, s in enumerate(starts):
+                    if s is not None:
+                        init[i] = torch.from_numpy(s.state.copy())
+                h, interest = self.advance(seqs, init.to(self.device), [s.last_timestamp if s else None for s in starts])
+                for i, u in enumerate(step_users):
+                    n_before = starts[i].n_events if starts[i] else 0
+                    updates.append(UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
+                                             seqs[i][-1][0], n_before + len(seqs[i])))
+            self.store.put_users(updates)
+            if recompute:
+                self.rebuild(recompute)
+        return {"users": len(by_user), "applied": len(fresh), "duplicates": len(rows) - len(fresh),
+                "recomputed": len(recompute)}
+
+    def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
+        """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
+        users when ``user_ids`` is None (after a retrain). Returns the number of users rebuilt."""
+        logs = self.store.user_events(user_ids)
+        users = [u for u in logs if logs[u]]
+        with self.store.transaction():
+            for start in range(0, len(users), batch_users):
+                chunk = users[start : start + batch_users]
+                seqs = [self._sorted([r for r in logs[u] if r[1] in self._position])[-self.max_len :] for u in chunk]
+                h, interest = self.advance(seqs, None, [None] * len(chunk))
+                self.store.put_users([
+                    UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
+                              seqs[i][-1][0] if seqs[i] else None, len(logs[u]))
+                    for i, u in enumerate(chunk)
+                ])
+        return len(users)
+
+
+def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], model: MultimodalRecommender) -> None:
+    """Refuse a model whose training features came from other encoders than the store holds now."""
+    used = [m for m, on in (("text", model.config.use_text), ("image", model.config.use_image)) if on]
+    for modality in used:
+        want, have = sorted(trained.get(modality, [])), sorted(stored.get(modality, []))
+        extra = [v for v in have if v not in want]
+        if extra:
+            raise ModelLoadError(
+                f"the model was trained on {modality} features from {want or 'no encoder'}, but the store now "
+                f"holds {modality} features from {extra}: retrain (`mmrec train`) or re-embed with the encoder "
+                f"the model was trained on"
+            )

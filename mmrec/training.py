@@ -1,0 +1,282 @@
+"""End-to-end training of fusion + GRU + scorer on stored encoder features (encoders frozen).
+
+Objective: next-item cross-entropy over the whole catalogue (full softmax, no sampled negatives), the scorer's
+binary cross-entropy, and the fusion's contrastive alignment. Early stopping on validation NDCG@10 under the
+DESIGN.md protocol; seeded and reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .behaviour import Behaviour, ContextEvents, build_behaviour
+from .data import ItemIndex, Split, leave_one_out, load_interactions, read_table
+from .encoders.preprocess import clean_text
+from .evaluation import EvalResult, evaluate
+from .model import ItemFeatures, ModelConfig, MultimodalRecommender
+from .store import Store
+
+__all__ = ["TrainConfig", "TrainingData", "FitResult", "load_training_data", "fit", "evaluate_model", "item_features"]
+
+TEXT_COLUMNS = ("text", "tag", "review", "query")
+
+
+@dataclass
+class TrainConfig:
+    """Attributes:
+        epochs: maximum epochs; training stops earlier when validation NDCG@10 has not improved for ``patience``.
+        batch_size: training windows per step.  max_len: events per window (and per evaluation context).
+        stride: windows overlap by ``max_len - stride`` events of context (default: no overlap).
+        learning_rate, weight_decay: AdamW.  seed: makes CPU runs reproducible.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``...
+        model: the network (see :class:`~mmrec.model.ModelConfig`).
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    max_len: int = 50
+    stride: int | None = None
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 256
+    show_progress: bool | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_len", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class TrainingData:
+    """Everything a training run reads: the split, merged behaviour, item features and event texts."""
+
+    split: Split
+    behaviour: Behaviour
+    features: ItemFeatures
+    item_ids: tuple[str, ...]
+    event_names: tuple[str, ...]
+    text_table: torch.Tensor
+    encoders: dict[str, list[str]]
+    n_context_dropped: int = 0
+
+
+def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = None) -> ItemFeatures:
+    """Stored features of ``item_ids`` as tensors; ``known`` (bool) marks items whose ID token may be used."""
+    _, text, has_text = store.feature_matrix("text", item_ids)
+    _, image, has_image = store.feature_matrix("image", item_ids)
+    n = len(item_ids)
+    if text.shape[1] == 0:
+        text = np.zeros((n, 384), np.float32)
+    if image.shape[1] == 0:
+        image = np.zeros((n, 1280), np.float32)
+    return ItemFeatures(
+        text=torch.from_numpy(text),
+        image=torch.from_numpy(image),
+        present=torch.from_numpy(np.stack([has_text, has_image], axis=1)),
+        id_index=torch.arange(n),
+        known=torch.from_numpy(np.zeros(n, bool) if known is None else known),
+    )
+
+
+def embed_event_texts(store: Store, texts: list[str], text_encoder=None) -> np.ndarray:
+    """``(T, 384)`` vectors of behaviour texts, cached in the store so a text is encoded once per encoder."""
+    if not texts:
+        return np.zeros((0, 384), np.float32)
+    if text_encoder is None:
+        from .encoders.text import TextEncoder
+
+        text_encoder = TextEncoder()
+    keys = [hashlib.sha256(f"{text_encoder.version}\0{t}".encode()).hexdigest() for t in texts]
+    cached = store.cached_texts(keys)
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    if missing:
+        vectors = text_encoder.encode([texts[i] for i in missing])
+        fresh = {keys[i]: v for i, v in zip(missing, vectors)}
+        store.cache_texts(fresh)
+        cached.update(fresh)
+    return np.stack([cached[k] for k in keys]).astype(np.float32)
+
+
+def _context_events(path, split: Split, items: ItemIndex, store: Store, text_encoder) -> tuple[ContextEvents, int]:
+    """Text-bearing events of the split's users, their texts cleaned and embedded; returns them and the number of
+    rows dropped (unknown user or item, empty text, bad timestamp)."""
+    frame = read_table(path)
+    text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+    if missing or text_column is None:
+        raise ValueError(f"{path}: context events need user_id, item_id, timestamp and one of {TEXT_COLUMNS} "
+                         f"(columns: {list(frame.columns)})")
+    # Without an `event` column the event is named after the text column: tags.csv rows are "tag" events.
+    events = frame["event"].astype(str) if "event" in frame.columns else pd.Series(text_column, index=frame.index)
+    texts = frame[text_column].map(clean_text)
+    timestamps = pd.to_numeric(frame["timestamp"], errors="coerce")
+    user_pos = pd.Index(split.user_ids).get_indexer(frame["user_id"].astype(str))
+    item_pos = pd.Index(items.ids).get_indexer(frame["item_id"].astype(str))
+    keep = np.flatnonzero((user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & timestamps.notna().to_numpy())
+    names = tuple(split.event_names) + tuple(sorted(set(events.iloc[keep]) - set(split.event_names)))
+    unique, text_index = np.unique(texts.iloc[keep].to_numpy(dtype=str), return_inverse=True)
+    return ContextEvents(
+        user=user_pos[keep].astype(np.int64),
+        item=item_pos[keep].astype(np.int64),
+        timestamp=timestamps.iloc[keep].to_numpy().astype(np.int64),
+        event=pd.Index(names).get_indexer(events.iloc[keep]).astype(np.int64),
+        text=text_index.reshape(-1).astype(np.int64),
+        text_vectors=embed_event_texts(store, unique.tolist(), text_encoder),
+        event_names=names,
+    ), int(len(frame) - len(keep))
+
+
+def load_training_data(
+    store: Store,
+    interactions,
+    context_events=None,
+    text_encoder=None,
+    unknown_items: str = "error",
+    n_gap_buckets: int = 28,
+) -> TrainingData:
+    """Read interactions (and optional text-bearing context events such as ``tags.csv``) against the store's
+    items and build the leave-one-out split and behaviour sequences."""
+    item_ids = store.item_ids()
+    if not item_ids:
+        raise ValueError(f"store {store.path} has no items: run `mmrec embed` first")
+    items = ItemIndex(tuple(item_ids))
+    inter = load_interactions(interactions, items, unknown_items=unknown_items)
+    split = leave_one_out(inter)
+    context, dropped = (None, 0)
+    if context_events is not None:
+        context, dropped = _context_events(context_events, split, items, store, text_encoder)
+    behaviour = build_behaviour(split, context, n_gap_buckets)
+    event_names = context.event_names if context is not None else tuple(split.event_names)
+    features = item_features(store, item_ids, split.train_item_mask())
+    return TrainingData(
+        split=split, behaviour=behaviour, features=features, item_ids=tuple(item_ids), event_names=event_names,
+        text_table=torch.from_numpy(behaviour.text_vectors.reshape(-1, 384)),
+        encoders=store.encoders(), n_context_dropped=dropped,
+    )
+
+
+@dataclass
+class FitResult:
+    """The best model (by validation NDCG@10), its epoch, and one log row per epoch."""
+
+    model: MultimodalRecommender
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict]
+    seconds: float
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(len(self.history), 1)
+
+
+def history_mask(data: TrainingData, stage: str, users: np.ndarray) -> torch.Tensor:
+    """``(B, N)`` bool: items in each user's history for ``stage`` (excluded from its ranking)."""
+    history = data.split.history(stage).take(users)
+    mask = torch.zeros((len(users), len(data.item_ids)), dtype=torch.bool)
+    mask[torch.from_numpy(history.row_of), torch.from_numpy(history.item)] = True
+    return mask
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: MultimodalRecommender, data: TrainingData, stage: str = "test", max_len: int = 50,
+    batch_size: int = 256, users: np.ndarray | None = None,
+) -> EvalResult:
+    """Full-ranking evaluation of ``model`` under the DESIGN.md protocol (see :func:`mmrec.evaluation.evaluate`)."""
+    model.eval()
+    device = next(model.parameters()).device
+    vectors = model.item_vectors(data.features.to(device))
+    table = data.text_table.to(device)
+
+    def score(_batch, user_index: torch.Tensor) -> torch.Tensor:
+        rows = user_index.cpu().numpy()
+        context = data.behaviour.context(stage, rows, max_len)
+        context = type(context)(**{k: v.to(device) for k, v in vars(context).items() if v is not None})
+        exclude = history_mask(data, stage, rows).to(device)
+        return model.full_sort_scores(context, vectors, exclude, table)
+
+    return evaluate(score, data.split, stage, batch_size=batch_size, users=users, max_len=1)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | None = print) -> FitResult:
+    """Train a fresh model on ``data`` with early stopping on validation NDCG@10; returns the best weights."""
+    from .encoders.precision import resolve_device
+
+    _seed_everything(config.seed)
+    device = resolve_device(config.device)
+    model_config = copy.deepcopy(config.model)
+    model_config.fusion.n_items = len(data.item_ids) if model_config.use_id else 0
+    model_config.interest.n_events = len(data.event_names)
+    model_config.interest.text_dim = 384 if len(data.text_table) else 0
+    model_config.scorer.dim = model_config.fusion.item_dim
+    model_config.interest.item_dim = model_config.fusion.item_dim
+    model = MultimodalRecommender(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    windows = data.behaviour.windows(config.max_len, config.stride)
+    features = data.features.to(device)
+    table = data.text_table.to(device)
+    rng = np.random.default_rng(config.seed)
+    show = config.show_progress if config.show_progress is not None else True
+    best, best_epoch, best_state, history, waited = -1.0, 0, None, [], 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        tick = time.perf_counter()
+        order = rng.permutation(len(windows))
+        totals: dict[str, float] = {}
+        steps = range(0, len(order), config.batch_size)
+        for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not show, unit="batch"):
+            batch = windows.batch(order[start : start + config.batch_size])
+            batch = type(batch)(**{k: v.to(device) for k, v in vars(batch).items()})
+            loss, parts = model.loss(batch, features, table)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v / len(steps)
+        train_seconds = time.perf_counter() - tick
+        valid = evaluate_model(model, data, "valid", config.max_len, config.eval_batch_size).metrics
+        row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
+               **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}
+        history.append(row)
+        improved = valid["ndcg@10"] > best
+        if improved:
+            best, best_epoch, waited = valid["ndcg@10"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_valid = valid
+        else:
+            waited += 1
+        if log:
+            parts_text = " ".join(f"{k}={v:.4f}" for k, v in totals.items())
+            log(f"epoch {epoch:>2}  {parts_text}  valid ndcg@10={valid['ndcg@10']:.4f} "
+                f"recall@10={valid['recall@10']:.4f}  {train_seconds:.1f}s{'  *' if improved else ''}")
+        if waited >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model=model, best_epoch=best_epoch, best_valid=best_valid, history=history,
+                     seconds=time.perf_counter() - started)

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from mmrec.interest import InterestConfig, InterestModel, gap_buckets
+from mmrec.scorer import MLPScorer, ScorerConfig
+
+
+def test_one_step_at_a_time_equals_the_whole_sequence():
+    """The real-time update property: folding events one by one gives the state of the full recompute."""
+    torch.manual_seed(0)
+    model = InterestModel(InterestConfig(n_events=3, text_dim=0)).eval()
+    items = torch.randn(2, 6, 128)
+    events = torch.randint(0, 3, (2, 6))
+    gaps = torch.randint(0, 20, (2, 6))
+    x = model.event_inputs(items, events, gaps)
+    lengths = torch.tensor([6, 4])
+    states, last = model(x, lengths)
+    h = model.initial(2)
+    for j in range(6):
+        stepped = model.step(x[:, j], h)
+        h = torch.where((j < lengths)[:, None], stepped, h)
+        torch.testing.assert_close(h[0], states[0, j], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, last, atol=1e-5, rtol=1e-5)
+    assert (states[1, 4:] == 0).all()
+
+
+def test_event_text_changes_the_input_only_where_present():
+    torch.manual_seed(0)
+    model = InterestModel(InterestConfig(n_events=1, text_dim=384, dropout=0.0)).eval()
+    base = model.event_inputs(torch.zeros(1, 2, 128), torch.zeros(1, 2, dtype=torch.long),
+                              torch.zeros(1, 2, dtype=torch.long))
+    texts = torch.randn(1, 2, 384)
+    with_text = model.event_inputs(torch.zeros(1, 2, 128), torch.zeros(1, 2, dtype=torch.long),
+                                   torch.zeros(1, 2, dtype=torch.long), texts, torch.tensor([[True, False]]))
+    assert not torch.allclose(with_text[0, 0], base[0, 0])
+    torch.testing.assert_close(with_text[0, 1], base[0, 1])
+
+
+def test_gap_buckets_are_log_spaced_and_bounded():
+    seconds = np.array([-5, 0, 1, 3600, 86400, 365 * 86400, 10**12])
+    buckets = gap_buckets(seconds, 28)
+    assert buckets.tolist() == [0, 0, 1, 11, 16, 24, 27]
+    assert gap_buckets(torch.from_numpy(seconds), 28).tolist() == buckets.tolist()
+
+
+def test_scorer_gives_probabilities_and_follows_the_dot_product_at_init():
+    torch.manual_seed(0)
+    scorer = MLPScorer(ScorerConfig(dim=16)).eval()
+    interest = torch.randn(3, 16)
+    items = torch.randn(3, 50, 16) * 3
+    p = scorer.probability(interest, items)
+    assert p.shape == (3, 50) and (p >= 0).all() and (p <= 1).all()
+    dot = (interest[:, None] * items).sum(-1)
+    agreement = (p.argsort(1, descending=True)[:, :5] == dot.argsort(1, descending=True)[:, :5]).float().mean()
+    assert agreement > 0.5
+
+
+def test_configs_fail_early():
+    with pytest.raises(ValueError, match="n_events"):
+        InterestConfig(n_events=0)
+    with pytest.raises(ValueError):
+        ScorerConfig(rerank=-1)
