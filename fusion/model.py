@@ -38,6 +38,8 @@ class FusionConfig:
         id_dropout: probability, per item and training step, that its ID token is hidden.
         dropout: dropout inside the adapters and tower.
         temperature: InfoNCE temperature of the alignment loss.
+        id_init_std: initial scale of ID embeddings; comparable to the content tokens' scale, so the ID token
+            carries signal from the first step instead of being drowned out by content.
     """
 
     text_dim: int = 384
@@ -45,9 +47,10 @@ class FusionConfig:
     shared_dim: int = 256
     item_dim: int = 128
     n_items: int = 0
-    id_dropout: float = 0.3
-    dropout: float = 0.1
+    id_dropout: float = 0.1
+    dropout: float = 0.0
     temperature: float = 0.1
+    id_init_std: float = 0.3
 
     def __post_init__(self) -> None:
         if self.text_dim < 0 or self.image_dim < 0 or self.n_items < 0:
@@ -87,25 +90,38 @@ class SiameseTower(nn.Module):
 
 
 class ModalityAttention(nn.Module):
-    """Attention pooling over modality tokens: ``(N, M, D)`` tokens + ``(N, M)`` bool mask -> ``(N, D)``.
+    """Multi-head attention pooling over modality tokens: ``(N, M, D)`` tokens + ``(N, M)`` bool mask -> ``(N, D)``.
 
-    A learned query scores each present token; absent tokens get zero weight. Rows with no present token at all
-    return zeros (callers never produce them: an item has text, image or an ID).
+    Each head has a learned query that scores the present tokens and pools its own value projection of them;
+    heads are concatenated. With several heads one item vector can carry both its ID and its content (one head
+    per source) instead of a single convex mix where a strong token drowns the others. Absent tokens get zero
+    weight; rows with no present token return zeros.
     """
 
-    def __init__(self, dim: int, n_tokens: int) -> None:
+    def __init__(self, dim: int, n_tokens: int, heads: int = 4) -> None:
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"item_dim={dim} must be divisible by attention heads={heads}")
+        self.heads = heads
         self.key = nn.Linear(dim, dim)
-        self.query = nn.Parameter(torch.zeros(dim))
-        self.token_bias = nn.Parameter(torch.zeros(n_tokens))  # which modality to trust a priori
-        self.scale = dim**-0.5
+        self.value = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.randn(heads, dim // heads) * 0.02)
+        # Which token each head trusts a priori: heads take turns favouring each source (the last token, the item
+        # ID, gets its own heads), so at the start every source owns part of the vector; training can shift it.
+        prior = torch.zeros(heads, n_tokens)
+        prior[torch.arange(heads), torch.arange(heads) % n_tokens] = 4.0
+        self.token_bias = nn.Parameter(prior)
+        self.scale = (dim // heads) ** -0.5
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = (self.key(tokens) * self.query).sum(-1) * self.scale + self.token_bias  # (N, M)
-        logits = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
-        return (weights.unsqueeze(-1) * tokens).sum(1), weights
-
+        n, m, d = tokens.shape
+        keys = self.key(tokens).view(n, m, self.heads, d // self.heads)
+        values = self.value(tokens).view(n, m, self.heads, d // self.heads)
+        logits = (keys * self.query).sum(-1) * self.scale + self.token_bias.T  # (N, M, heads)
+        logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # over tokens; all-masked rows -> 0
+        pooled = (weights.unsqueeze(-1) * values).sum(1)  # (N, heads, D / heads)
+        return pooled.reshape(n, d), weights
 
 class ItemFusion(nn.Module):
     """Fuses item features into item vectors.
@@ -132,7 +148,10 @@ class ItemFusion(nn.Module):
         self.tower = SiameseTower(c.shared_dim, c.item_dim, c.dropout)
         self.id_embedding = nn.Embedding(c.n_items, c.item_dim) if c.n_items else None
         if self.id_embedding is not None:
-            nn.init.normal_(self.id_embedding.weight, std=0.02)
+            nn.init.normal_(self.id_embedding.weight, std=self.config.id_init_std)
+        # Tokens are normalised before attention so no source wins by sheer scale (content tower outputs start
+        # far larger than fresh ID embeddings, which then never get weight or gradient).
+        self.token_norm = nn.LayerNorm(c.item_dim)
         self.attention = ModalityAttention(c.item_dim, 3)
         self.out_norm = nn.LayerNorm(c.item_dim)
 
@@ -162,7 +181,7 @@ class ItemFusion(nn.Module):
             id_mask = known if known is not None else torch.ones_like(id_mask)
             if self.training and self.config.id_dropout > 0:
                 id_mask = id_mask & (torch.rand(n, device=present.device) >= self.config.id_dropout)
-        tokens = torch.stack([t if t is not None else zeros, i if i is not None else zeros, id_vec], dim=1)
+        tokens = self.token_norm(torch.stack([t if t is not None else zeros, i if i is not None else zeros, id_vec], 1))
         mask = torch.stack([
             present[:, 0] & (t is not None),
             present[:, 1] & (i is not None),

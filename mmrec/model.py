@@ -33,7 +33,8 @@ class ModelLoadError(ValueError):
 class ModelConfig:
     """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
     (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over
-    the catalogue), the scorer's binary cross-entropy and the fusion's contrastive alignment."""
+    the catalogue), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
+    negatives each) and the fusion's contrastive alignment."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -43,8 +44,8 @@ class ModelConfig:
     use_id: bool = True
     scorer_weight: float = 0.2
     alignment_weight: float = 0.1
-    scorer_negatives: int = 16
-    scorer_targets: int = 1024
+    scorer_negatives: int = 8
+    scorer_targets: int = 512
     alignment_batch: int = 512
 
     def to_dict(self) -> dict:
@@ -202,23 +203,31 @@ class MultimodalRecommender(nn.Module):
         return total, parts
 
     def _scorer_loss(self, interest, vectors, logits, target) -> torch.Tensor:
-        """BCE of the MLP on the true next item vs hard negatives (the retrieval's best wrong items, what it
-        re-ranks in practice) and uniform random negatives."""
-        k = self.config.scorer_negatives
-        # The MLP runs on (targets x negatives) pairs: a random subset of targets keeps its cost below the
-        # full-softmax term's without biasing the loss.
-        if len(target) > self.config.scorer_targets:
-            keep = torch.randperm(len(target), device=target.device)[: self.config.scorer_targets]
+        """Train the MLP re-ranker on what it sees at inference: the retrieval's top ``rerank`` candidates.
+
+        Listwise cross-entropy over those candidates for the targets retrieval found, plus binary cross-entropy of
+        the target against uniform random negatives, which anchors the sigmoid as a probability. Interest and item
+        vectors are detached: the re-ranker learns on top of the retrieval space without distorting it."""
+        c = self.config
+        interest, vectors = interest.detach(), vectors.detach()
+        if len(target) > c.scorer_targets:
+            keep = torch.randperm(len(target), device=target.device)[: c.scorer_targets]
             interest, logits, target = interest[keep], logits[keep], target[keep]
-        logits = logits.scatter(1, target[:, None], float("-inf"))
-        hard = logits.topk(k // 2, dim=1).indices
-        rand = torch.randint(0, vectors.shape[0], (len(target), k - k // 2), device=target.device)
-        candidates = torch.cat([target[:, None], hard, rand], dim=1)  # (M, 1 + k)
-        labels = torch.zeros_like(candidates, dtype=torch.float32)
-        labels[:, 0] = 1.0
-        labels[candidates == target[:, None]] = 1.0  # a random pick that hit the target is a positive
+        total = interest.new_zeros(())
+        k = min(c.scorer.rerank, logits.shape[1])
+        if k > 1:
+            top = logits.topk(k, dim=1).indices  # (M, k)
+            hit = top == target[:, None]
+            found = hit.any(1)
+            if found.any():
+                scores = self.scorer.logits(interest[found], vectors[top[found]])
+                total = total + F.cross_entropy(scores, hit[found].float().argmax(1))
+        n_random = c.scorer_negatives
+        candidates = torch.cat([target[:, None],
+                                torch.randint(0, vectors.shape[0], (len(target), n_random), device=target.device)], 1)
+        labels = (candidates == target[:, None]).float()
         scores = self.scorer.logits(interest, vectors[candidates])
-        return F.binary_cross_entropy_with_logits(scores, labels)
+        return total + F.binary_cross_entropy_with_logits(scores, labels)
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict) -> None:

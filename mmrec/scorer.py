@@ -24,7 +24,7 @@ class ScorerConfig:
     MLP after dot-product retrieval (0 = rank by the dot product alone)."""
 
     dim: int = 128
-    hidden: int = 256
+    hidden: int = 128
     dropout: float = 0.1
     rerank: int = 100
 

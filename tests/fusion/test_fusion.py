@@ -54,12 +54,12 @@ def test_id_token_is_used_only_for_known_items_and_dropped_in_training():
 
 
 def test_attention_weights_ignore_masked_tokens():
-    attention = ModalityAttention(8, 3)
+    attention = ModalityAttention(8, 3, heads=2)
     tokens = torch.randn(2, 3, 8)
     mask = torch.tensor([[True, False, True], [False, False, False]])
-    pooled, weights = attention(tokens, mask)
-    assert weights[0, 1] == 0 and torch.isclose(weights[0].sum(), torch.tensor(1.0))
-    assert (pooled[1] == 0).all()
+    pooled, weights = attention(tokens, mask)  # weights: (N, tokens, heads)
+    assert (weights[0, 1] == 0).all() and torch.allclose(weights[0].sum(0), torch.ones(2))
+    assert pooled.shape == (2, 8) and (pooled[1] == 0).all()
 
 
 def test_alignment_loss_learns_to_pair_text_and_image():

@@ -1,0 +1,259 @@
+"""Full-ranking evaluation (DESIGN.md, "Evaluation protocol") and a paired bootstrap for comparing models.
+
+Every user is ranked against every catalogue item; the items of the user's history (train for ``"valid"``,
+train + valid for ``"test"``) are excluded, except the target itself should the user have consumed it before.
+One target per user, so Recall@K equals Hit@K. With ``r`` the target's rank (1 = best):
+
+- ``recall@K`` = ``[r <= K]``,  ``ndcg@K`` = ``[r <= K] / log2(r + 1)``,  ``mrr@10`` = ``[r <= 10] / r``.
+
+Ties never favour the target. :class:`TieRule` ``HALF`` (default) uses ``r = 1 + #{score > target} +
+#{other items with score == target} / 2`` — the target sits in the middle of its tie group, which is the mean
+rank under random tie-breaking; ``PESSIMISTIC`` puts every tied item ahead of the target. Only non-excluded items
+are counted, so the history never affects a rank.
+
+Example::
+
+    result = evaluate(model.full_sort_scores, split, stage="test")
+    result.metrics["ndcg@10"], result.cold_metrics["cold_ndcg@10"], result.n_users
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmrec.data import SequenceBatch, Split, Stage, tail_batch
+
+__all__ = [
+    "METRICS",
+    "BootstrapResult",
+    "EvalResult",
+    "ScoreFn",
+    "TieRule",
+    "evaluate",
+    "metrics_from_ranks",
+    "paired_bootstrap",
+    "target_ranks",
+]
+
+METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10")
+"""Metric names, in report order."""
+
+ScoreFn = Callable[[SequenceBatch, torch.Tensor], torch.Tensor]
+"""``score_fn(batch, user_index) -> (B, n_items)`` scores; higher is better. ``user_index (B,)`` holds split
+positions; ``batch`` is the users' context (last ``max_len`` events)."""
+
+
+class TieRule(str, Enum):
+    """How items scoring exactly the target's score count towards its rank."""
+
+    HALF = "half"  # rank = 1 + greater + ties / 2
+    PESSIMISTIC = "pessimistic"  # rank = 1 + greater + ties
+
+
+def target_ranks(
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    tie_rule: TieRule | str = TieRule.HALF,
+) -> torch.Tensor:
+    """Rank of each row's target among the non-excluded items: ``(B, n) , (B,) , (B, n) bool -> (B,) float64``.
+
+    ``exclude`` marks items that are not ranked (the history); the target is always ranked. Raises
+    ``ValueError`` if a score is NaN.
+    """
+    tie_rule = TieRule(tie_rule)
+    if torch.isnan(scores).any():
+        raise ValueError("scores: contains NaN")
+    target = target.to(scores.device)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_score = scores[rows, target][:, None]  # (B, 1)
+    greater = scores > target_score
+    tied = scores == target_score
+    if exclude is not None:
+        keep = ~exclude
+        keep[rows, target] = True
+        greater &= keep
+        tied &= keep
+    n_greater = greater.sum(1).to(torch.float64)
+    n_tied = tied.sum(1).to(torch.float64) - 1.0  # the target ties with itself
+    weight = 0.5 if tie_rule is TieRule.HALF else 1.0
+    return 1.0 + n_greater + weight * n_tied
+
+
+def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-user metrics ``(U,) float64`` for each name in :data:`METRICS` from target ranks ``(U,)``."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for k in (10, 20):
+        hit = ranks <= k
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+    out["mrr@10"] = np.where(ranks <= 10, 1.0 / ranks, 0.0)
+    return {name: out[name] for name in METRICS}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Evaluation of one stage.
+
+    - ``metrics``: mean of each of :data:`METRICS` over the evaluated users.
+    - ``per_user``: ``(n_users,) float64`` per metric, plus ``"rank"`` (the target's rank), aligned with
+      ``users`` — pass two models' arrays to :func:`paired_bootstrap`.
+    - ``users``: split positions evaluated; ``is_cold``: ``(n_users,) bool``, target never in training.
+    - ``cold_metrics``: the same means over the cold users only, keys prefixed ``cold_`` (NaN if none).
+    """
+
+    stage: str
+    metrics: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray
+    is_cold: np.ndarray
+    cold_metrics: dict[str, float]
+    tie_rule: str
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_cold_users(self) -> int:
+        return int(self.is_cold.sum())
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """Flat JSON-ready dict: metrics, cold metrics (NaN -> None), ``n_users``, ``n_cold_users``."""
+        flat: dict[str, float | int | None] = {}
+        for key, value in {**self.metrics, **self.cold_metrics}.items():
+            flat[key] = None if math.isnan(value) else value
+        flat["n_users"] = self.n_users
+        flat["n_cold_users"] = self.n_cold_users
+        return flat
+
+
+def _mean(values: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "") -> dict[str, float]:
+    n = int(mask.sum())
+    return {f"{prefix}{m}": float(values[m][mask].mean()) if n else float("nan") for m in METRICS}
+
+
+def evaluate(
+    score_fn: ScoreFn,
+    split: Split,
+    stage: Stage = "test",
+    *,
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
+    max_len: int | None = 50,
+    tie_rule: TieRule | str = TieRule.HALF,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Rank every catalogue item for each user and score the ``stage`` target.
+
+    Args:
+        score_fn: ``(batch: SequenceBatch, user_index: LongTensor (B,)) -> (B, n_items)`` scores. Called under
+            ``torch.no_grad()``; it does not switch the model to eval mode, do that before.
+        split: the leave-one-out split.
+        stage: ``"valid"`` (context and history = train) or ``"test"`` (train + valid).
+        batch_size: users per ``score_fn`` call.
+        users: split positions to evaluate (default: all).
+        max_len: context length given to ``score_fn`` (the last ``max_len`` events; ``None`` = whole context).
+        tie_rule: see :class:`TieRule`.
+        device: where batches are sent and ranks computed (default: CPU).
+        progress: show a progress bar over user batches.
+
+    Returns:
+        :class:`EvalResult` with metrics over all evaluated users and over the cold ones.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    tie_rule = TieRule(tie_rule)
+    rows = np.arange(split.n_users, dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
+    if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= split.n_users)):
+        raise ValueError(f"users: must be a 1-d array of split positions in [0, {split.n_users})")
+    context = split.context(stage)
+    targets = split.target(stage)
+    n_items = split.n_items
+    ranks = np.empty(len(rows), dtype=np.float64)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    starts = range(0, len(rows), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc=f"evaluate {stage}", disable=not progress, leave=False):
+            chunk = rows[start : start + batch_size]
+            batch = tail_batch(context, chunk, max_len, n_items, split.n_events).to(device)
+            user_index = batch.users
+            scores = score_fn(batch, user_index)
+            if scores.shape != (len(chunk), n_items):
+                raise ValueError(
+                    f"score_fn: returned shape {tuple(scores.shape)}, expected ({len(chunk)}, {n_items})"
+                )
+            # exclude the whole history: one scatter over the flat CSR entries of this chunk
+            hist = context.take(chunk)
+            on = scores.device
+            exclude = torch.zeros((len(chunk), n_items), dtype=torch.bool, device=on)
+            exclude[torch.from_numpy(hist.row_of).to(on), torch.from_numpy(hist.item).to(on)] = True
+            target = torch.from_numpy(targets[chunk]).to(on)
+            batch_ranks = target_ranks(scores.float(), target, exclude, tie_rule)
+            ranks[start : start + len(chunk)] = batch_ranks.cpu().numpy()
+    per_user = metrics_from_ranks(ranks)
+    is_cold = ~split.train_item_mask()[targets[rows]]
+    everyone = np.ones(len(rows), dtype=bool)
+    return EvalResult(
+        stage=stage,
+        metrics=_mean(per_user, everyone),
+        per_user={**per_user, "rank": ranks},
+        users=rows,
+        is_cold=is_cold,
+        cold_metrics=_mean(per_user, is_cold, prefix="cold_"),
+        tie_rule=tie_rule.value,
+    )
+
+
+class BootstrapResult(NamedTuple):
+    """Paired bootstrap of ``mean(a - b)``: the observed difference, a 95% interval, and ``P(a better)``."""
+
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    p_better: float
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> BootstrapResult:
+    """Paired bootstrap over users for per-user metric arrays ``a`` and ``b`` ``(U,)`` (same users, same order).
+
+    Resamples users with replacement ``n_resamples`` times and returns the observed ``mean(a - b)``, the
+    percentile interval at ``confidence``, and ``p_better``: the share of resamples where ``a``'s mean is above
+    ``b``'s (a resample with exactly equal means counts one half). Vectorised in chunks of resamples.
+
+    Example::
+
+        diff, lo, hi, p = paired_bootstrap(sasrec.per_user["ndcg@10"], pop.per_user["ndcg@10"])
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"a, b: must be non-empty 1-d arrays of equal length, got {a.shape} and {b.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples: must be >= 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
+    diff = a - b
+    n = len(diff)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        means[start : start + size] = diff[rng.integers(0, n, size=(size, n))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    p_better = float(np.mean(means > 0) + 0.5 * np.mean(means == 0))
+    return BootstrapResult(float(diff.mean()), float(low), float(high), p_better)
