@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .behaviour import BehaviourBatch
@@ -50,6 +51,7 @@ class Recommender:
         self.n_gap_buckets = model.config.interest.n_gap_buckets
         self.item_ids: list[str] = store.item_ids()
         self._position = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self._item_index = pd.Index(self.item_ids)
         trained = {item_id: i for i, item_id in enumerate(meta["item_ids"])}
         known_trained = np.zeros(len(meta["item_ids"]), bool)
         known_trained[meta["known_items"]] = True
@@ -97,28 +99,31 @@ class Recommender:
 
     def _batch(self, sequences: Sequence[list[tuple]], previous: Sequence[int | None]) -> tuple[BehaviourBatch, torch.Tensor]:
         """Pad per-user event lists ``(timestamp, item_id, event, text)`` into a batch; gaps of each first event
-        are measured from ``previous`` (the user's last folded-in timestamp, if any)."""
+        are measured from ``previous`` (the user's last folded-in timestamp, if any). Vectorised over all events."""
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        width = max(int(lengths.max(initial=0)), 1)
-        b = len(sequences)
+        b, width = len(sequences), max(int(lengths.max(initial=0)), 1)
+        flat = [event for rows in sequences for event in rows]
+        stamps_flat = np.array([e[0] for e in flat], dtype=np.int64)
+        items_flat = self._item_index.get_indexer([e[1] for e in flat]).astype(np.int64)
+        events_flat = pd.Index(self.event_names).get_indexer([e[2] for e in flat]).astype(np.int64)
+        texts_flat = [e[3] for e in flat]
+        unique_texts = list(dict.fromkeys(t for t in texts_flat if t))
+        text_codes = pd.Index(unique_texts, dtype=object).get_indexer(texts_flat)  # "" -> -1: no text
+        row = np.repeat(np.arange(b), lengths)
+        col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         items = np.full((b, width), len(self.item_ids), np.int64)
         events = np.zeros((b, width), np.int64)
         stamps = np.zeros((b, width), np.int64)
         texts = np.full((b, width), -1, np.int64)
-        unique_texts: dict[str, int] = {}
-        for r, rows in enumerate(sequences):
-            for j, (ts, item_id, event, text) in enumerate(rows):
-                items[r, j] = self._position[item_id]
-                events[r, j] = self.event_names.index(event)
-                stamps[r, j] = ts
-                if text:
-                    texts[r, j] = unique_texts.setdefault(text, len(unique_texts))
+        items[row, col], events[row, col], stamps[row, col] = items_flat, events_flat, stamps_flat
+        texts[row, col] = text_codes
+        known_previous = np.array([p is not None for p in previous])
         prev = np.array([p if p is not None else 0 for p in previous], np.int64)
-        first_gap = np.where(np.array([p is None for p in previous]), 0, stamps[:, 0] - prev)
-        gaps = np.concatenate([first_gap[:, None], np.diff(stamps, axis=1)], axis=1)
-        gaps = gap_buckets(gaps, self.n_gap_buckets)
-        table = torch.from_numpy(self._text_vectors(list(unique_texts))) if unique_texts else torch.zeros(0, 384)
-        t = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        first_gap = np.where(known_previous, stamps[:, 0] - prev, 0)
+        gaps = gap_buckets(np.concatenate([first_gap[:, None], np.diff(stamps, axis=1)], axis=1), self.n_gap_buckets)
+        table = (torch.from_numpy(self._text_vectors(list(unique_texts))) if len(unique_texts)
+                 else torch.zeros(0, 384))
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
         batch = BehaviourBatch(items=t(items), events=t(events), gaps=t(gaps), texts=t(texts), lengths=t(lengths),
                                users=t(np.arange(b)))
         return batch, table.to(self.device)

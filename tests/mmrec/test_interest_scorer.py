@@ -52,8 +52,10 @@ def test_scorer_gives_probabilities_and_follows_the_dot_product_at_init():
     p = scorer.probability(interest, items)
     assert p.shape == (3, 50) and (p >= 0).all() and (p <= 1).all()
     dot = (interest[:, None] * items).sum(-1)
-    agreement = (p.argsort(1, descending=True)[:, :5] == dot.argsort(1, descending=True)[:, :5]).float().mean()
-    assert agreement > 0.5
+    # Untrained, the MLP's correction is small beside the dot product, so re-ranking starts close to retrieval.
+    top_p, top_dot = p.topk(10, dim=1).indices, dot.topk(10, dim=1).indices
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top_p, top_dot)])
+    assert overlap >= 0.6
 
 
 def test_configs_fail_early():
