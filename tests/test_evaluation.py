@@ -1,0 +1,134 @@
+"""The evaluation protocol on hand-made scores whose metrics are known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmrec.data import ItemIndex, leave_one_out, load_interactions
+from mmrec.evaluation import METRICS, evaluate, paired_bootstrap, target_ranks
+
+N_ITEMS = 30
+ITEMS = ItemIndex(tuple(str(i) for i in range(N_ITEMS)))
+
+
+def _split(sequences: list[list[int]]):
+    """One user per sequence (item indices, oldest first): last = test, second last = valid."""
+    rows = [(str(u), str(item), t) for u, seq in enumerate(sequences) for t, item in enumerate(seq)]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    return leave_one_out(load_interactions(df, ITEMS))
+
+
+# user 0: history 0..3, test 4; user 1: history 5..8, test 9; user 2: history 10..13, test 14
+SPLIT = _split([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+
+
+def _scores_with_rank(split, ranks: list[int], stage: str = "test") -> torch.Tensor:
+    """(U, N) scores where each user's history scores highest and the target has exactly rank - 1 others above."""
+    history = split.history(stage)
+    targets = split.target(stage)
+    scores = torch.zeros(split.n_users, N_ITEMS)
+    for u, rank in enumerate(ranks):
+        others = [i for i in range(N_ITEMS) if i != targets[u] and i not in set(history.row(u)[0].tolist())]
+        scores[u, others] = -torch.arange(1, len(others) + 1, dtype=torch.float32)  # distinct, descending
+        scores[u, targets[u]] = -(rank - 1) - 0.5  # between the (rank-1)-th and the rank-th other item
+        scores[u, history.row(u)[0]] = 100.0  # excluded: must never count
+    return scores
+
+
+def _fixed(scores: torch.Tensor):
+    return lambda batch, user_index: scores[user_index]
+
+
+def test_rank_1_3_11_metrics_by_hand():
+    result = evaluate(_fixed(_scores_with_rank(SPLIT, [1, 3, 11])), SPLIT, "test", batch_size=2)
+    assert result.per_user["rank"].tolist() == [1.0, 3.0, 11.0]
+    per_user = {
+        "recall@10": [1, 1, 0],
+        "recall@20": [1, 1, 1],
+        "ndcg@10": [1, 0.5, 0],  # 1/log2(1+1), 1/log2(3+1)
+        "ndcg@20": [1, 0.5, 1 / math.log2(12)],
+        "mrr@10": [1, 1 / 3, 0],
+    }
+    assert list(result.metrics) == list(METRICS)
+    for name, values in per_user.items():
+        np.testing.assert_allclose(result.per_user[name], values)
+        assert result.metrics[name] == pytest.approx(np.mean(values))
+    assert result.n_users == 3
+
+
+def test_valid_stage_masks_only_train():
+    # at the valid stage the test item is not history, so it counts when it scores above the valid target
+    scores = _scores_with_rank(SPLIT, [1, 1, 1], stage="valid")
+    scores[0, 4] = 1000.0  # user 0's test item
+    result = evaluate(_fixed(scores), SPLIT, "valid")
+    assert result.per_user["rank"].tolist() == [2.0, 1.0, 1.0]
+    # at the test stage user 0's valid item 3 is history: a huge score there changes nothing
+    test_scores = _scores_with_rank(SPLIT, [2, 2, 2])
+    test_scores[0, 3] = 1e9
+    assert evaluate(_fixed(test_scores), SPLIT, "test").per_user["rank"].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_ties_never_favour_the_target():
+    scores = torch.zeros(1, 6)
+    scores[0] = torch.tensor([5.0, 3.0, 3.0, 3.0, 1.0, 9.0])
+    exclude = torch.tensor([[False, False, False, False, False, True]])  # item 5 is history
+    target = torch.tensor([2])  # tied with items 1 and 3, one item (0) above
+    assert target_ranks(scores, target, exclude, "half").item() == 3.0  # 1 + 1 + 2/2
+    assert target_ranks(scores, target, exclude, "pessimistic").item() == 4.0  # 1 + 1 + 2
+    # a constant scorer puts the target in the middle of everything that is not history
+    flat = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test")
+    assert flat.per_user["rank"].tolist() == [1 + (N_ITEMS - 5) / 2] * 3
+    assert flat.metrics["recall@10"] == 0.0
+
+
+def test_target_in_history_is_still_ranked():
+    scores = torch.tensor([[3.0, 2.0, 1.0]])
+    exclude = torch.tensor([[True, True, False]])
+    assert target_ranks(scores, torch.tensor([1]), exclude).item() == 1.0
+
+
+def test_bad_scores_raise():
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(lambda b, u: torch.full((len(u), N_ITEMS), float("nan")), SPLIT, "test")
+    with pytest.raises(ValueError, match=r"score_fn: returned shape \(3, 29\), expected \(3, 30\)"):
+        evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS - 1), SPLIT, "test")
+    with pytest.raises(ValueError, match="stage"):
+        evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "train")
+
+
+def test_cold_users_and_subsets():
+    # user 1's test item 20 never occurs in training; user 0's test item 1 does (in user 1's train part)
+    split = _split([[0, 2, 3, 4, 1], [1, 5, 6, 7, 20]])
+    scores = _scores_with_rank(split, [1, 3])
+    result = evaluate(_fixed(scores), split, "test")
+    assert split.cold_test_users().tolist() == [1]
+    assert result.n_cold_users == 1 and result.is_cold.tolist() == [False, True]
+    assert result.cold_metrics == {f"cold_{m}": result.per_user[m][1] for m in METRICS}
+    sub = evaluate(_fixed(scores), split, "test", users=np.array([0]))
+    assert sub.n_users == 1 and sub.n_cold_users == 0 and math.isnan(sub.cold_metrics["cold_ndcg@10"])
+    assert sub.to_dict()["cold_ndcg@10"] is None
+    # the batch handed to score_fn is the users' context, right-padded with n_items
+    seen = []
+    evaluate(lambda b, u: (seen.append(b), scores[u])[1], split, "test", max_len=5)
+    assert seen[0].items.tolist() == [[0, 2, 3, 4, N_ITEMS], [1, 5, 6, 7, N_ITEMS]]
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(1)
+    b = rng.random(500)
+    same = paired_bootstrap(b, b, n_resamples=2000)
+    assert same == (0.0, 0.0, 0.0, 0.5)
+    better = paired_bootstrap(b + 0.1, b, n_resamples=2000)
+    assert better.mean_diff == pytest.approx(0.1) and better.p_better == 1.0
+    noisy = paired_bootstrap(b + rng.normal(0.02, 0.2, 500), b, n_resamples=4000, seed=3)
+    assert noisy.ci_low < noisy.mean_diff < noisy.ci_high
+    assert paired_bootstrap(b + rng.normal(0.02, 0.2, 500), b, n_resamples=4000, seed=3) != noisy
+    a = b + rng.normal(0.02, 0.2, 500)
+    assert paired_bootstrap(a, b, n_resamples=500, seed=7) == paired_bootstrap(a, b, n_resamples=500, seed=7)
+    with pytest.raises(ValueError, match="equal length"):
+        paired_bootstrap(b, b[:-1])
