@@ -52,6 +52,7 @@ def main() -> None:
         test = evaluate_model(fitted.model, data, "test", config.max_len)
         rows[variant] = {**test.metrics, **test.cold_metrics, "valid_ndcg@10": fitted.best_valid["ndcg@10"],
                          "best_epoch": fitted.best_epoch, "s/epoch": round(fitted.seconds_per_epoch, 1)}
+        print(f"{variant}: " + json.dumps({k: round(v, 4) for k, v in rows[variant].items()}), flush=True)
     header = ["model", *METRICS, "cold_recall@20", "best epoch", "s/epoch"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, m in rows.items():
