@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ._version import file_fingerprint
-from .precision import Precision, autocast_context, resolve_device, resolve_precision
+from .precision import autocast_context, resolve_device, resolve_precision
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "default_text_model_path"]
 

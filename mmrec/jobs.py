@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +39,8 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
     if log:
         log(f"{data.split.n_users} users, {len(data.item_ids)} items, {len(data.behaviour.item)} events "
-            f"({int((~data.behaviour.is_interaction).sum())} with text); training on {data.encoders}")
+            f"({int((~data.behaviour.is_interaction).sum())} with text, {data.n_context_dropped} context rows "
+            f"skipped: unknown user/item, empty text or bad timestamp); training on {data.encoders}")
     result = fit(data, config, log)
     model = result.model.cpu()
     model_id = _model_id(model, config.seed)
