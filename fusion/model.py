@@ -107,10 +107,11 @@ class ModalityAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.query = nn.Parameter(torch.randn(heads, dim // heads) * 0.02)
-        # Which token each head trusts a priori: heads take turns favouring each source (the last token, the item
-        # ID, gets its own heads), so at the start every source owns part of the vector; training can shift it.
+        # Which token each head trusts a priori: heads take turns favouring each source, starting from the last
+        # token (the item ID), so at the start every source owns part of the vector and the ID, the sharpest
+        # signal for items seen in training, owns the most; training can shift it.
         prior = torch.zeros(heads, n_tokens)
-        prior[torch.arange(heads), torch.arange(heads) % n_tokens] = 4.0
+        prior[torch.arange(heads), (n_tokens - 1 - torch.arange(heads)) % n_tokens] = 4.0
         self.token_bias = nn.Parameter(prior)
         self.scale = (dim // heads) ** -0.5
 

@@ -8,7 +8,7 @@ tag written in the same second as the held-out item is not seen when predicting 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -228,3 +228,9 @@ class ContextEvents:
     text: np.ndarray
     text_vectors: np.ndarray
     event_names: tuple[str, ...]
+
+    def without_items(self, drop: np.ndarray) -> "ContextEvents":
+        """The events whose item is not marked in ``drop (n_items,) bool`` (text vectors and names kept)."""
+        keep = ~drop[self.item]
+        return replace(self, user=self.user[keep], item=self.item[keep], timestamp=self.timestamp[keep],
+                       event=self.event[keep], text=self.text[keep])

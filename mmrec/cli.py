@@ -219,12 +219,62 @@ def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    from .report import QualityConfig
+
+    defaults = QualityConfig()
+    _add_data_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md, results.json, PNGs")
+    parser.add_argument("--models", type=_csv_list, default=list(defaults.models),
+                        help=f"baselines and our variants (default: all of {','.join(defaults.models)})")
+    parser.add_argument("--seeds", type=lambda v: [int(s) for s in _csv_list(v)], default=list(defaults.seeds))
+    parser.add_argument("--protocols", type=_csv_list, default=list(defaults.protocols), help="standard,cold")
+    parser.add_argument("--ours", default=defaults.ours,
+                        help=f"our variant the win, bootstrap and cold checks are computed for (default {defaults.ours})")
+    parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="our model's maximum epochs")
+    parser.add_argument("--patience", type=int, default=defaults.train.patience)
+    parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
+    parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="reference results (markdown table with an NDCG@10 column), e.g. "
+                             "../shared/baselines/ml-latest-small.md")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import logging
+
+    from .report import QualityConfig, run_report as report
+    from .store import Store
+    from .training import TrainConfig
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    config = QualityConfig(
+        models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
+        train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False),
+        baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
+    )
+    command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
+    summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
+                     args.reference, command=command,
+                     on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
+                                            f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
+                                            flush=True))
+    print(summary.table)
+    print("files: " + ", ".join(str(f) for f in summary.files))
+    if args.json:
+        _print_json_last({"checks": summary.checks, "files": [str(f) for f in summary.files]})
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "embed": ("embed new or changed catalogue items into a store", add_embed_arguments, run_embed),
     "train": ("train fusion + GRU + scorer on a store's features", add_train_arguments, run_train),
     "evaluate": ("evaluate the store's model under the leave-one-out protocol", _add_data_arguments, run_evaluate),
     "demo": ("embed, train, evaluate and recommend on the bundled MovieLens data", add_demo_arguments, run_demo),
     "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, run_refresh),
+    "report": ("train every model on the same split (3 seeds, warm and cold) and write a quality report",
+               add_report_arguments, run_report),
 }
 
 

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -42,6 +43,7 @@ __all__ = [
     "Stage",
     "Windows",
     "context_batch",
+    "hold_out_items",
     "leave_one_out",
     "load_interactions",
     "read_table",
@@ -593,6 +595,34 @@ def leave_one_out(inter: Interactions, min_interactions: int = 5) -> Split:
         items=inter.items,
         event_names=inter.event_names,
     )
+
+
+def hold_out_items(split: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, np.ndarray]:
+    """Cold-start protocol: a seeded ``fraction`` of the items that occur in ``split`` never reach training.
+
+    Every training event of a held-out item is removed from every user's training part; validation and test
+    targets are unchanged, so users whose target is held out are evaluated on an item the model has never been
+    trained on (and rank it against the whole catalogue). Returns the reduced split and ``held_out (n_items,)
+    bool``. The same ``seed`` always holds out the same items.
+
+    Example::
+
+        cold_split, held_out = hold_out_items(split, 0.1, seed=0)
+        cold_split.cold_users("test")  # users whose test item was held out (or never trained on anyway)
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: must be in (0, 1), got {fraction}")
+    occurring = np.unique(np.concatenate([split.train.item, split.valid_item, split.test_item]))
+    n_held = int(round(fraction * len(occurring)))
+    chosen = np.random.default_rng(seed).choice(occurring, size=n_held, replace=False)
+    held_out = np.zeros(split.n_items, dtype=bool)
+    held_out[chosen] = True
+    train = split.train
+    keep = ~held_out[train.item]
+    kept_per_row = np.bincount(train.row_of[keep], minlength=len(train)).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(kept_per_row)]).astype(np.int64)
+    reduced = Sequences(offsets, train.item[keep], train.timestamp[keep], train.event[keep])
+    return dataclasses.replace(split, train=reduced), held_out
 
 
 # --------------------------------------------------------------------------------------------------------------

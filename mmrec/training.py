@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .behaviour import Behaviour, ContextEvents, build_behaviour
-from .data import ItemIndex, Split, leave_one_out, load_interactions, read_table
+from .data import ItemIndex, Split, hold_out_items, leave_one_out, load_interactions, read_table
 from .encoders.preprocess import clean_text
 from .evaluation import EvalResult, evaluate
 from .model import ItemFeatures, ModelConfig, MultimodalRecommender
@@ -74,6 +74,7 @@ class TrainingData:
     text_table: torch.Tensor
     encoders: dict[str, list[str]]
     n_context_dropped: int = 0
+    held_out: np.ndarray | None = None
 
 
 def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = None) -> ItemFeatures:
@@ -149,25 +150,35 @@ def load_training_data(
     text_encoder=None,
     unknown_items: str = "error",
     n_gap_buckets: int = 28,
+    hold_out: float = 0.0,
+    hold_out_seed: int = 0,
 ) -> TrainingData:
     """Read interactions (and optional text-bearing context events such as ``tags.csv``) against the store's
-    items and build the leave-one-out split and behaviour sequences."""
+    items and build the leave-one-out split and behaviour sequences.
+
+    ``hold_out > 0`` applies the cold-start protocol (:func:`mmrec.data.hold_out_items`): that share of items,
+    chosen by ``hold_out_seed``, is removed from training, their context events (tags) included."""
     item_ids = store.item_ids()
     if not item_ids:
         raise ValueError(f"store {store.path} has no items: run `mmrec embed` first")
     items = ItemIndex(tuple(item_ids))
     inter = load_interactions(interactions, items, unknown_items=unknown_items)
     split = leave_one_out(inter)
+    held_out = None
+    if hold_out > 0:
+        split, held_out = hold_out_items(split, hold_out, hold_out_seed)
     context, dropped = (None, 0)
     if context_events is not None:
         context, dropped = _context_events(context_events, split, items, store, text_encoder)
+        if held_out is not None:
+            context = context.without_items(held_out)
     behaviour = build_behaviour(split, context, n_gap_buckets)
     event_names = context.event_names if context is not None else tuple(split.event_names)
     features = item_features(store, item_ids, split.train_item_mask())
     return TrainingData(
         split=split, behaviour=behaviour, features=features, item_ids=tuple(item_ids), event_names=event_names,
         text_table=torch.from_numpy(behaviour.text_vectors.reshape(-1, 384)),
-        encoders=store.encoders(), n_context_dropped=dropped,
+        encoders=store.encoders(), n_context_dropped=dropped, held_out=held_out,
     )
 
 

@@ -1,0 +1,417 @@
+"""Quality report: every model on the identical split, 3 seeds, warm and cold, with a paired bootstrap.
+
+Two protocols (DESIGN.md; issue "Quality"):
+
+- ``standard``: chronological leave-one-out, full ranking, history excluded. "warm" = users whose test item occurs
+  in training, "cold" = the rest (on ml-latest-small: items rated once, by that user, last).
+- ``cold``: the same split with a seeded 10% of the rated items removed from training entirely
+  (:func:`mmrec.data.hold_out_items`); users whose test item was held out are the cold users, ranked over the whole
+  catalogue like everyone else.
+
+Models: the ID-only baselines of :mod:`mmrec.baselines` (``pop``, ``bpr``, ``gru4rec``, ``sasrec``) and our model
+with any mix of item signals (``id``, ``text``, ``image``, ``text+image``, ``text+image+id``). Each finished run
+is appended to ``runs.jsonl`` in the output folder at once, so an interrupted report resumes where it stopped
+(runs are keyed by protocol, model and seed, and by a fingerprint of the settings they depend on). Choices are made on validation; the test set is read once per run.
+
+Example::
+
+    from mmrec.report import QualityConfig, run_report
+    summary = run_report(store, "interactions.csv", "report/", QualityConfig(seeds=(0, 1, 2)), "tags.csv")
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .baselines import BASELINES, build_baseline, seed_everything
+from .baselines import TrainConfig as BaselineTrainConfig
+from .baselines import fit as fit_baseline
+from .evaluation import METRICS, EvalResult, evaluate, paired_bootstrap
+from .store import Store
+from .training import TrainConfig, TrainingData, evaluate_model, fit, load_training_data
+
+__all__ = ["OUR_VARIANTS", "PROTOCOLS", "QualityConfig", "ReportSummary", "run_report", "read_reference"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("standard", "cold")
+OUR_VARIANTS: tuple[str, ...] = ("id", "text", "image", "text+image", "text+image+id")
+ID_ONLY: tuple[str, ...] = ("pop", "bpr", "gru4rec", "sasrec", "id")
+SIGNALS = frozenset({"text", "image", "id"})
+
+
+def is_ours(model: str) -> bool:
+    """Whether ``model`` names our model by its item signals: ``+``-joined ``text``, ``image``, ``id``."""
+    parts = model.split("+")
+    return bool(model) and set(parts) <= SIGNALS and len(set(parts)) == len(parts)
+
+
+@dataclass
+class QualityConfig:
+    """What the report trains and how.
+
+    Attributes:
+        models: baselines (:data:`mmrec.baselines.BASELINES`) and our model's variants, named by their item signals
+            (``text``, ``image``, ``id`` joined by ``+``; default :data:`OUR_VARIANTS`).
+        seeds: one run per model, protocol and seed; the cold protocol's held-out items are chosen by the seed too.
+        protocols: subset of :data:`PROTOCOLS`.
+        ours: the variant the win and the bootstrap are computed for.
+        hold_out: share of rated items removed from training in the ``cold`` protocol.
+        train: our model's training options (epochs, patience...); its ``seed`` is replaced per run.
+        baseline_epochs / baseline_patience: the baselines' early stopping (GRU4Rec plateaus for ~15 epochs).
+        bootstrap_resamples: paired bootstrap over test users.
+        threads: torch CPU threads (``None``: torch's default).
+    """
+
+    models: tuple[str, ...] = (*BASELINES, *OUR_VARIANTS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    protocols: tuple[str, ...] = PROTOCOLS
+    ours: str = "text+image+id"
+    hold_out: float = 0.1
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, patience=5, show_progress=False))
+    baseline_epochs: int = 200
+    baseline_patience: int = 30
+    bootstrap_resamples: int = 10_000
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in (*self.models, self.ours) if m not in BASELINES and not is_ours(m)]
+        if unknown:
+            raise ValueError(f"models: unknown {unknown}; choose from {list(BASELINES)} or our model's item signals "
+                             f"joined by '+', e.g. {list(OUR_VARIANTS)}")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad:
+            raise ValueError(f"protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+        if not 0.0 < self.hold_out < 1.0:
+            raise ValueError(f"hold_out: must be in (0, 1), got {self.hold_out}")
+
+
+@dataclass
+class ReportSummary:
+    """``table`` (markdown), ``runs`` (one dict per model, protocol and seed), ``checks`` (win, bootstrap, cold
+    ratio) and the files written."""
+
+    table: str
+    runs: list[dict]
+    checks: dict
+    files: list[Path]
+
+
+def _split_metrics(result: EvalResult) -> dict[str, dict[str, float | None]]:
+    """Test metrics over all users, warm users and cold users (``None`` where a group is empty)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for group, mask in (("all", np.ones_like(result.is_cold)), ("warm", ~result.is_cold), ("cold", result.is_cold)):
+        out[group] = {m: float(result.per_user[m][mask].mean()) if mask.any() else None for m in METRICS}
+    out["n"] = {"all": int(len(result.is_cold)), "warm": int((~result.is_cold).sum()), "cold": int(result.is_cold.sum())}
+    return out
+
+
+def _run_baseline(name: str, data: TrainingData, seed: int, config: QualityConfig) -> dict:
+    seed_everything(seed)
+    model = build_baseline(name, data.split)
+    fitted = fit_baseline(model, data.split, BaselineTrainConfig(
+        epochs=config.baseline_epochs, patience=config.baseline_patience, seed=seed, progress=False))
+    model.eval()
+    test = evaluate(model.full_sort_scores, data.split, "test")
+    return {
+        "valid_ndcg@10": fitted.best_valid.metrics["ndcg@10"], "best_epoch": fitted.best_epoch,
+        "epochs": fitted.epochs_run, "seconds_per_epoch": fitted.seconds_per_epoch,
+        "train_seconds": fitted.train_seconds, "valid_curve": [h.valid_ndcg10 for h in fitted.history],
+        "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
+    }
+
+
+def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig) -> dict:
+    parts = set(variant.split("+"))
+    train = copy.deepcopy(config.train)
+    train.seed = seed
+    train.model.use_text, train.model.use_image, train.model.use_id = "text" in parts, "image" in parts, "id" in parts
+    fitted = fit(data, train, log=log.info)
+    test = evaluate_model(fitted.model, data, "test", train.max_len)
+    train_time = [row["train_seconds"] for row in fitted.history]
+    return {
+        "valid_ndcg@10": fitted.best_valid["ndcg@10"], "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+        "seconds_per_epoch": float(np.mean(train_time)), "train_seconds": fitted.seconds,
+        "valid_curve": [row["valid_ndcg@10"] for row in fitted.history],
+        "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
+    }
+
+
+def _settings(config: QualityConfig) -> dict:
+    settings = {k: v for k, v in asdict(config).items() if k != "train"}
+    settings["train"] = asdict(config.train)
+    return settings
+
+
+def _fingerprint(config: QualityConfig) -> str:
+    """What a run's result depends on (not which models or seeds are listed): runs with another fingerprint are
+    retrained rather than reused."""
+    settings = _settings(config)
+    for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads"):
+        settings.pop(key)
+    settings["train"].pop("show_progress")
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]:
+    runs: dict[tuple[str, str, int], dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                run = json.loads(line)
+                if run.get("fingerprint") == fingerprint:
+                    runs[(run["protocol"], run["model"], run["seed"])] = run
+    return runs
+
+
+def _mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return float(np.mean(present)), float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+
+
+def _cell(stat: tuple[float, float] | None) -> str:
+    return "–" if stat is None else f"{stat[0]:.4f} ± {stat[1]:.4f}"
+
+
+def _label(model: str) -> str:
+    return f"ours: {model}" if is_ours(model) else model
+
+
+def format_table(runs: list[dict], models: tuple[str, ...], protocols: tuple[str, ...]) -> str:
+    """Markdown: one row per protocol and model, test metrics warm and cold as mean ± std over seeds."""
+    header = ["protocol", "model", "seeds"] + [f"{g} {m}" for g in ("warm", "cold") for m in METRICS]
+    header += ["all ndcg@10", "valid ndcg@10", "epochs (best)", "s/epoch", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for protocol in protocols:
+        for model in models:
+            rows = [r for r in runs if r["protocol"] == protocol and r["model"] == model]
+            if not rows:
+                continue
+            cells = [protocol, _label(model), str(len(rows))]
+            for group in ("warm", "cold"):
+                cells += [_cell(_mean_std([r["test"][group][m] for r in rows])) for m in METRICS]
+            cells.append(_cell(_mean_std([r["test"]["all"]["ndcg@10"] for r in rows])))
+            cells.append(_cell(_mean_std([r["valid_ndcg@10"] for r in rows])))
+            cells.append(f"{np.mean([r['epochs'] for r in rows]):.0f} ({np.mean([r['best_epoch'] for r in rows]):.0f})")
+            cells.append(f"{np.mean([r['seconds_per_epoch'] for r in rows]):.1f}")
+            cells.append(f"{np.mean([r['train_seconds'] for r in rows]):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_reference(path: Path) -> dict[str, float]:
+    """Test NDCG@10 per model from a reference markdown table (``../shared/baselines/*.md``): lower-cased model
+    name -> value. Reads the first table whose header has an ``NDCG@10`` column."""
+    values: dict[str, float] = {}
+    column = None
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.lstrip().startswith("|"):
+            if column is not None and values:
+                break
+            continue
+        if column is None:
+            if "NDCG@10" in cells:
+                column = cells.index("NDCG@10")
+            continue
+        if set(line.replace("|", "").strip()) <= set("-: "):
+            continue
+        name = re.sub(r"\s*\(.*\)", "", cells[0]).strip().lower()
+        try:
+            values[name] = float(cells[column])
+        except (ValueError, IndexError):
+            continue
+    return values
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float] | None) -> dict:
+    """Win ratio, paired bootstrap and cold/warm ratio for ``config.ours`` (standard and cold protocol)."""
+    checks: dict = {"ours": config.ours}
+    standard = [r for r in runs if r["protocol"] == "standard"]
+    ours = sorted((r for r in standard if r["model"] == config.ours), key=lambda r: r["seed"])
+    id_only = {m: [r for r in standard if r["model"] == m] for m in ID_ONLY if m != config.ours}
+    id_only = {m: rows for m, rows in id_only.items() if rows}
+    if ours and id_only:
+        means = {m: float(np.mean([r["test"]["all"]["ndcg@10"] for r in rows])) for m, rows in id_only.items()}
+        best = max(means, key=means.get)
+        ours_mean = float(np.mean([r["test"]["all"]["ndcg@10"] for r in ours]))
+        checks["ours_ndcg@10"] = ours_mean
+        checks["best_id_only"] = {"model": best, "ndcg@10": means[best], "ratio": _ratio(ours_mean, means[best])}
+        # Per-user NDCG@10 averaged over each model's seeds, then resampled over users (pairs stay together).
+        a = np.mean([r["per_user_ndcg@10"] for r in ours], axis=0)
+        b = np.mean([r["per_user_ndcg@10"] for r in id_only[best]], axis=0)
+        boot = paired_bootstrap(a, b, n_resamples=config.bootstrap_resamples, seed=0)
+        checks["bootstrap"] = {"vs": best, "mean_diff": boot.mean_diff, "ci95": [boot.ci_low, boot.ci_high],
+                               "p_better": boot.p_better, "resamples": config.bootstrap_resamples}
+        if reference:
+            sequential = {k: v for k, v in reference.items() if k in ("gru4rec", "sasrec")}
+            if sequential:
+                ref_best = max(sequential, key=sequential.get)
+                checks["best_reference"] = {"model": ref_best, "ndcg@10": sequential[ref_best],
+                                            "ratio": _ratio(ours_mean, sequential[ref_best])}
+    cold_runs = [r for r in runs if r["protocol"] == "cold" and r["model"] == config.ours]
+    warm = _mean_std([r["test"]["warm"]["recall@20"] for r in cold_runs])
+    cold = _mean_std([r["test"]["cold"]["recall@20"] for r in cold_runs])
+    if warm and cold:
+        checks["cold_protocol"] = {"warm_recall@20": warm[0], "cold_recall@20": cold[0],
+                                   "ratio": _ratio(cold[0], warm[0]),
+                                   "n_cold_users": [r["test"]["n"]["cold"] for r in cold_runs]}
+    return checks
+
+
+def _format_checks(checks: dict) -> str:
+    lines = []
+    if "best_id_only" in checks:
+        b = checks["best_id_only"]
+        lines.append(f"- {_label(checks['ours'])}: test NDCG@10 {checks['ours_ndcg@10']:.4f} = {b['ratio']:.2f}x the "
+                     f"best ID-only model here ({_label(b['model'])}, {b['ndcg@10']:.4f}); target >= 1.10x.")
+    if "best_reference" in checks:
+        r = checks["best_reference"]
+        lines.append(f"- vs the reference file's best sequential model ({r['model']}, {r['ndcg@10']:.4f}): "
+                     f"{r['ratio']:.2f}x; target >= 1.10x.")
+    if "bootstrap" in checks:
+        b = checks["bootstrap"]
+        lines.append(f"- Paired bootstrap over test users ({b['resamples']:,} resamples, per-user NDCG@10 averaged "
+                     f"over seeds) vs {_label(b['vs'])}: mean difference {b['mean_diff']:+.4f}, 95% interval "
+                     f"[{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], P(ours better) = {b['p_better']:.3f}.")
+    if "cold_protocol" in checks:
+        c = checks["cold_protocol"]
+        lines.append(f"- Cold protocol, {_label(checks['ours'])}: cold Recall@20 {c['cold_recall@20']:.4f} vs warm "
+                     f"{c['warm_recall@20']:.4f} = {c['ratio']:.2f}x (target >= 0.5x); cold users per seed "
+                     f"{c['n_cold_users']}.")
+    return "\n".join(lines)
+
+
+def _plots(runs: list[dict], config: QualityConfig, out: Path) -> list[Path]:
+    """``metrics.png`` (test NDCG@10 and Recall@20 per model, warm and cold, mean ± std) and ``valid_curves.png``
+    (validation NDCG@10 per epoch, seed ``seeds[0]``, standard protocol)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'mmrec[report]'): no plots written")
+        return []
+    files = []
+    models = [m for m in config.models if any(r["model"] == m for r in runs)]
+    fig, axes = plt.subplots(len(config.protocols), 2, figsize=(12, 4 * len(config.protocols)), squeeze=False)
+    x = np.arange(len(models))
+    for row, protocol in enumerate(config.protocols):
+        for col, metric in enumerate(("ndcg@10", "recall@20")):
+            ax = axes[row][col]
+            for shift, group in ((-0.2, "warm"), (0.2, "cold")):
+                stats = [_mean_std([r["test"][group][metric] for r in runs
+                                    if r["model"] == m and r["protocol"] == protocol]) for m in models]
+                ax.bar(x + shift, [s[0] if s else 0 for s in stats], 0.4, yerr=[s[1] if s else 0 for s in stats],
+                       label=group, capsize=3)
+            ax.set_xticks(x, [_label(m) for m in models], rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{protocol} protocol: test {metric} (mean ± std over seeds)")
+            ax.legend()
+    fig.tight_layout()
+    files.append(out / "metrics.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in models:
+        run = next((r for r in runs if r["model"] == m and r["protocol"] == config.protocols[0]
+                    and r["seed"] == config.seeds[0]), None)
+        if run and run["valid_curve"]:
+            ax.plot(range(1, len(run["valid_curve"]) + 1), run["valid_curve"], label=_label(m))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(f"validation NDCG@10 per epoch ({config.protocols[0]} protocol, seed {config.seeds[0]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.append(out / "valid_curves.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    return files
+
+
+def run_report(
+    store: Store,
+    interactions,
+    out: Path,
+    config: QualityConfig | None = None,
+    context_events=None,
+    reference: Path | None = None,
+    command: str = "",
+    on_run: Callable[[dict], None] | None = None,
+) -> ReportSummary:
+    """Train and evaluate every model of ``config`` under each protocol and seed, then write ``report.md``,
+    ``results.json``, ``metrics.png`` and ``valid_curves.png`` to ``out`` (runs already in ``out/runs.jsonl``
+    are reused)."""
+    config = config or QualityConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.jsonl"
+    fingerprint = _fingerprint(config)
+    done = _load_runs(runs_path, fingerprint)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        for protocol in config.protocols:
+            for seed in config.seeds:
+                todo = [m for m in config.models if (protocol, m, seed) not in done]
+                if not todo:
+                    continue
+                data = load_training_data(store, interactions, context_events,
+                                          hold_out=config.hold_out if protocol == "cold" else 0.0, hold_out_seed=seed)
+                for model in todo:
+                    log.info("%s protocol, seed %d: %s", protocol, seed, model)
+                    tick = time.perf_counter()
+                    result = (_run_baseline if model in BASELINES else _run_ours)(model, data, seed, config)
+                    run = {"protocol": protocol, "model": model, "seed": seed, "fingerprint": fingerprint, **result,
+                           "wall_seconds": time.perf_counter() - tick}
+                    with runs_path.open("a") as f:
+                        f.write(json.dumps(run) + "\n")
+                    done[(protocol, model, seed)] = run
+                    if on_run:
+                        on_run(run)
+    finally:
+        torch.set_num_threads(previous_threads)
+    runs = [done[k] for k in sorted(done) if k[0] in config.protocols and k[1] in config.models
+            and k[2] in config.seeds]
+    ref = read_reference(reference) if reference else None
+    checks = _checks(runs, config, ref)
+    table = format_table(runs, config.models, config.protocols)
+    files = _plots(runs, config, out)
+    settings = _settings(config)
+    body = [
+        "# mmrec quality report", "",
+        f"Command: `{command}`" if command else "", "",
+        f"Seeds {list(config.seeds)}; protocols {list(config.protocols)} (cold: {config.hold_out:.0%} of rated items "
+        "held out of training, chosen by the seed); test metrics as mean ± std over seeds; warm = users whose "
+        "test item occurs in training, cold = the rest. Full ranking over the catalogue, history excluded.", "",
+        table, "", "## Checks", "", _format_checks(checks) or "(not enough runs for the checks)", "",
+        "![metrics](metrics.png)" if files else "", "", "![validation curves](valid_curves.png)" if files else "",
+        "", "## Settings", "", "```json", json.dumps(settings, indent=2, default=str), "```", "",
+    ]
+    (out / "report.md").write_text("\n".join(body))
+    slim = [{k: v for k, v in r.items() if k != "per_user_ndcg@10"} for r in runs]
+    (out / "results.json").write_text(json.dumps({"settings": settings, "checks": checks, "runs": slim}, indent=2,
+                                                 default=str))
+    return ReportSummary(table=table, runs=runs, checks=checks,
+                         files=[out / "report.md", out / "results.json", runs_path, *files])

@@ -1,0 +1,118 @@
+"""The cold-start protocol and the quality report, on a real slice of MovieLens (text features)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmrec import Store
+from mmrec.data import ItemIndex, hold_out_items, leave_one_out, load_interactions
+from mmrec.embed import EmbedConfig, embed_catalog
+from mmrec.report import QualityConfig, read_reference, run_report
+from mmrec.training import TrainConfig, load_training_data
+
+from ..conftest import ASSETS, SHARED
+
+
+@pytest.fixture(scope="module")
+def split():
+    items = ItemIndex.from_catalog(ASSETS / "items.csv")
+    return leave_one_out(load_interactions(ASSETS / "interactions.csv", items))
+
+
+def test_hold_out_removes_a_seeded_tenth_of_items_from_training_only(split):
+    reduced, held = hold_out_items(split, 0.1, seed=3)
+    rated = np.unique(np.concatenate([split.train.item, split.valid_item, split.test_item]))
+    assert held.sum() == round(0.1 * len(rated)) and held[rated].sum() == held.sum()
+    assert not held[reduced.train.item].any()
+    # every event of a kept item survives, in order
+    kept = ~held[split.train.item]
+    np.testing.assert_array_equal(reduced.train.item, split.train.item[kept])
+    np.testing.assert_array_equal(reduced.train.lengths, np.bincount(split.train.row_of[kept], minlength=610))
+    np.testing.assert_array_equal(reduced.test_item, split.test_item)
+    np.testing.assert_array_equal(reduced.valid_item, split.valid_item)
+    cold = set(reduced.cold_users("test").tolist())
+    assert set(np.flatnonzero(held[split.test_item]).tolist()) <= cold
+    assert len(cold) > 40  # ~10% of 610 users, plus the items that are cold anyway
+    again, same = hold_out_items(split, 0.1, seed=3)
+    np.testing.assert_array_equal(same, held)
+    assert (hold_out_items(split, 0.1, seed=4)[1] != held).any()
+    with pytest.raises(ValueError, match="fraction"):
+        hold_out_items(split, 1.0)
+
+
+@pytest.fixture(scope="module")
+def slice_store(tmp_path_factory, text_encoder):
+    """The 300 most-rated movies and users 1-80's ratings and tags of them, text features embedded."""
+    folder = tmp_path_factory.mktemp("report")
+    interactions = pd.read_csv(ASSETS / "interactions.csv")
+    top = interactions.item_id.value_counts().index[:300]
+    items = pd.read_csv(ASSETS / "items.csv", dtype=str, keep_default_na=False)
+    items[items.item_id.astype(int).isin(top)].to_csv(folder / "items.csv", index=False)
+    interactions[interactions.item_id.isin(top) & (interactions.user_id <= 80)].to_csv(
+        folder / "interactions.csv", index=False)
+    tags = pd.read_csv(ASSETS / "tags.csv")
+    tags[tags.item_id.isin(top) & (tags.user_id <= 80)].to_csv(folder / "tags.csv", index=False)
+    embed_catalog(folder / "items.csv", folder / "store", EmbedConfig(use_images=False, text_columns=["title", "genres"]),
+                  text_encoder=text_encoder)
+    return folder
+
+
+def test_cold_protocol_hides_held_out_items_and_their_tags(slice_store, text_encoder):
+    store = Store(slice_store / "store")
+    full = load_training_data(store, slice_store / "interactions.csv", slice_store / "tags.csv", text_encoder)
+    cold = load_training_data(store, slice_store / "interactions.csv", slice_store / "tags.csv", text_encoder,
+                              hold_out=0.1, hold_out_seed=0)
+    held = cold.held_out
+    assert full.held_out is None and held.sum() == 30
+    assert not cold.features.known[torch_index(held)].any()  # no ID token for held-out items
+    b = cold.behaviour
+    assert not held[b.item[~b.is_interaction]].any()  # their tags are gone too
+    assert held[full.behaviour.item[~full.behaviour.is_interaction]].any()
+
+
+def torch_index(mask):
+    import torch
+
+    return torch.from_numpy(np.flatnonzero(mask))
+
+
+def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
+    store = Store(slice_store / "store")
+    config = QualityConfig(models=("pop", "id", "text+id"), seeds=(0, 1), ours="text+id",
+                           train=TrainConfig(epochs=2, patience=1, show_progress=False), bootstrap_resamples=200)
+    finished = []
+    summary = run_report(store, slice_store / "interactions.csv", tmp_path, config, slice_store / "tags.csv",
+                         on_run=finished.append)
+    assert len(finished) == 2 * 3 * 2  # protocols x models x seeds
+    report = (tmp_path / "report.md").read_text()
+    assert "| cold | ours: text+id | 2 |" in report and "| standard | pop | 2 |" in report
+    assert (tmp_path / "metrics.png").stat().st_size > 10_000 and (tmp_path / "valid_curves.png").is_file()
+    checks = json.loads((tmp_path / "results.json").read_text())["checks"]
+    assert checks["best_id_only"]["model"] in ("pop", "id")
+    low, high = checks["bootstrap"]["ci95"]
+    assert low <= checks["bootstrap"]["mean_diff"] <= high
+    assert all(n > 0 for n in checks["cold_protocol"]["n_cold_users"])
+    for run in summary.runs:
+        if run["model"] == "pop" and run["protocol"] == "cold":
+            assert run["test"]["cold"]["recall@20"] == 0.0  # never-trained items have no popularity
+    again = []
+    run_report(store, slice_store / "interactions.csv", tmp_path, config, slice_store / "tags.csv",
+               on_run=again.append)
+    assert again == []  # every run reused from runs.jsonl
+    config.train.epochs = 1
+    run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
+        models=("id",), seeds=(0,), protocols=("standard",), ours="id", train=config.train,
+        bootstrap_resamples=200), on_run=again.append)
+    assert len(again) == 1  # other settings: retrained, not reused
+
+
+def test_read_reference_parses_the_shared_baselines_table(tmp_path):
+    path = SHARED / "baselines" / "ml-latest-small.md"
+    if not path.is_file():
+        path = tmp_path / "ref.md"
+        path.write_text("intro\n\n| model | Recall@10 | NDCG@10 |\n|---|---|---|\n| Pop (true popularity) | 0.04 | 0.0183 |\n"
+                        "| SASRec | 0.0984 | 0.0526 |\n\nafter\n")
+    values = read_reference(path)
+    assert {"pop", "sasrec"} <= set(values) and 0 < values["sasrec"] < 1
