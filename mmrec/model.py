@@ -33,7 +33,9 @@ class ModelConfig:
     """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
     (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over
     the catalogue), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
-    negatives each) and the fusion's contrastive alignment."""
+    negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random trained
+    items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen in
+    training lands where a trained item with that content would, not in a region the interests never point at."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -43,9 +45,11 @@ class ModelConfig:
     use_id: bool = True
     scorer_weight: float = 0.2
     alignment_weight: float = 0.1
+    cold_weight: float = 1.0
     scorer_negatives: int = 8
     scorer_targets: int = 512
     alignment_batch: int = 512
+    cold_batch: int = 2048
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,6 +196,10 @@ class MultimodalRecommender(nn.Module):
             scorer = self._scorer_loss(interest, vectors, logits.detach(), target)
             total = total + c.scorer_weight * scorer
             parts["scorer"] = scorer.item()
+        if c.cold_weight > 0 and c.use_id and (c.use_text or c.use_image):
+            cold = self._cold_loss(features, vectors)
+            total = total + c.cold_weight * cold
+            parts["cold"] = cold.item()
         if c.alignment_weight > 0 and c.use_text and c.use_image:
             both = torch.nonzero(features.present.all(1)).squeeze(1)
             if len(both) > 1:
@@ -200,6 +208,20 @@ class MultimodalRecommender(nn.Module):
                 total = total + c.alignment_weight * align
                 parts["alignment"] = align.item()
         return total, parts
+
+    def _cold_loss(self, features: ItemFeatures, vectors: torch.Tensor) -> torch.Tensor:
+        """Mean squared error between content-only vectors ``(K, D)`` of ``cold_batch`` random trained items with
+        content and their full vectors (detached: the content path learns to imitate, the ID path is untouched)."""
+        c = self.config
+        has_content = (features.present[:, 0] & c.use_text) | (features.present[:, 1] & c.use_image)
+        eligible = torch.nonzero(features.known & has_content).squeeze(1)
+        if len(eligible) == 0:
+            return vectors.new_zeros(())
+        pick = eligible[torch.randperm(len(eligible), device=eligible.device)[: c.cold_batch]]
+        sample = features.take(pick)
+        content_only = self.item_vectors(ItemFeatures(sample.text, sample.image, sample.present, sample.id_index,
+                                                      torch.zeros_like(sample.known)))
+        return F.mse_loss(content_only, vectors[pick].detach())
 
     def _scorer_loss(self, interest, vectors, logits, target) -> torch.Tensor:
         """Train the MLP re-ranker on what it sees at inference: the retrieval's top ``rerank`` candidates.

@@ -35,8 +35,14 @@ class TrainConfig:
     """Attributes:
         epochs: maximum epochs; training stops earlier when validation NDCG@10 has not improved for ``patience``.
         batch_size: training windows per step.  max_len: events per window (and per evaluation context).
-        stride: windows overlap by ``max_len - stride`` events of context (default: no overlap).
+        stride: a new window starts every ``stride`` events, so the first targets of a window still see
+            ``max_len - stride`` events of context (default ``max_len // 2``: on ml-latest-small it reached a better
+            validation NDCG@10 in less time than windows without overlap).
         learning_rate, weight_decay: AdamW.  seed: makes CPU runs reproducible.
+        ema_decay: validation and the saved model use an exponential moving average of the weights, updated
+            after every step with this decay (0 = the raw weights). Averaging smooths the step-to-step noise
+            that makes single-epoch validation scores jump, so early stopping picks a model that generalises
+            rather than a lucky epoch.
         device: ``"auto"`` (CUDA when available), ``"cpu"``...
         model: the network (see :class:`~mmrec.model.ModelConfig`).
     """
@@ -47,6 +53,7 @@ class TrainConfig:
     stride: int | None = None
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    ema_decay: float = 0.98
     patience: int = 3
     seed: int = 0
     device: str = "auto"
@@ -60,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -245,7 +254,12 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     model_config.interest.item_dim = model_config.fusion.item_dim
     model = MultimodalRecommender(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    windows = data.behaviour.windows(config.max_len, config.stride)
+    averaged = None
+    if config.ema_decay > 0:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    evaluated = averaged.module if averaged is not None else model
+    windows = data.behaviour.windows(config.max_len, config.stride or max(1, config.max_len // 2))
     features = data.features.to(device)
     table = data.text_table.to(device)
     rng = np.random.default_rng(config.seed)
@@ -266,17 +280,19 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v / len(steps)
         train_seconds = time.perf_counter() - tick
-        valid = evaluate_model(model, data, "valid", config.max_len, config.eval_batch_size).metrics
+        valid = evaluate_model(evaluated, data, "valid", config.max_len, config.eval_batch_size).metrics
         row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
                **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}
         history.append(row)
         improved = valid["ndcg@10"] > best
         if improved:
             best, best_epoch, waited = valid["ndcg@10"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             best_valid = valid
         else:
             waited += 1

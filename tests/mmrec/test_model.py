@@ -1,0 +1,60 @@
+"""The recommender's training objective: which parts of the network each loss trains."""
+
+import torch
+
+from mmrec.fusion import FusionConfig
+from mmrec.model import ItemFeatures, ModelConfig, MultimodalRecommender
+
+
+def _features(n: int = 40) -> ItemFeatures:
+    g = torch.Generator().manual_seed(0)
+    present = torch.ones(n, 2, dtype=torch.bool)
+    present[:5, 1] = False  # a few items without an image
+    known = torch.ones(n, dtype=torch.bool)
+    known[-4:] = False  # never seen in training
+    return ItemFeatures(torch.randn(n, 384, generator=g), torch.rand(n, 1280, generator=g), present,
+                        torch.arange(n), known)
+
+
+def test_cold_loss_trains_the_content_path_towards_full_vectors_and_leaves_ids_alone():
+    features = _features()
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)), cold_batch=16))
+    model.train()
+    full = model.item_vectors(features)
+    loss = model._cold_loss(features, full)
+    loss.backward()
+    assert loss.item() > 0
+    assert model.fusion.id_embedding.weight.grad is None or not model.fusion.id_embedding.weight.grad.any()
+    assert model.fusion.text_adapter.proj.weight.grad.abs().sum() > 0
+    # more steps on that loss alone bring content-only vectors closer to the (fixed) full ones
+    model.eval()
+    with torch.no_grad():
+        target = model.item_vectors(features)
+    optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if "id_embedding" not in n], lr=1e-3)
+    before = model._cold_loss(features, target).item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model._cold_loss(features, target).backward()
+        optimizer.step()
+    assert model._cold_loss(features, target).item() < 0.5 * before
+
+
+def test_cold_loss_runs_only_when_the_model_has_both_ids_and_content():
+    features = _features()
+    for use_text, use_id, expected in ((True, True, True), (True, False, False), (False, True, False)):
+        config = ModelConfig(use_text=use_text, use_image=use_text, use_id=use_id)
+        config.fusion.n_items = len(features) if use_id else 0
+        parts = _loss_parts(MultimodalRecommender(config), features)
+        assert ("cold" in parts) == expected and parts["next_item"] > 0
+
+
+def _loss_parts(model, features):
+    from mmrec.behaviour import BehaviourBatch
+
+    n = len(features)
+    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
+                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
+                           lengths=torch.tensor([3]), users=torch.tensor([0]),
+                           targets=torch.tensor([[1, 2, 3, n]]))
+    _, parts = model.loss(batch, features)
+    return parts
