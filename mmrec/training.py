@@ -25,7 +25,8 @@ from .evaluation import EvalResult, evaluate
 from .model import ItemFeatures, ModelConfig, MultimodalRecommender
 from .store import Store
 
-__all__ = ["TrainConfig", "TrainingData", "FitResult", "load_training_data", "fit", "evaluate_model", "item_features"]
+__all__ = ["TrainConfig", "TrainingData", "FitResult", "WeightAverage", "load_training_data", "fit", "evaluate_model",
+           "item_features"]
 
 TEXT_COLUMNS = ("text", "tag", "review", "query")
 
@@ -235,6 +236,33 @@ def evaluate_model(
     return evaluate(score, data.split, stage, batch_size=batch_size, users=users, max_len=1)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights, bias-corrected like Adam's moments (the average of the
+    first ``t`` steps is ``shadow / (1 - decay**t)``), so it is a true average even after a few steps on small
+    data. ``update`` after each optimiser step; ``materialise`` writes the average into ``self.model`` (a copy)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.model = copy.deepcopy(model)
+        self.shadow = [torch.zeros_like(p) for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        torch._foreach_mul_(self.shadow, self.decay)
+        torch._foreach_add_(self.shadow, [p.detach() for p in model.parameters()], alpha=1.0 - self.decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    @torch.no_grad()
+    def materialise(self) -> None:
+        if self.steps == 0:
+            return
+        correction = 1.0 - self.decay ** max(self.steps, 1)
+        for target, shadow in zip(self.model.parameters(), self.shadow):
+            target.copy_(shadow / correction)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -254,11 +282,8 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     model_config.interest.item_dim = model_config.fusion.item_dim
     model = MultimodalRecommender(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    averaged = None
-    if config.ema_decay > 0:
-        averaged = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    evaluated = averaged.module if averaged is not None else model
+    averaged = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    evaluated = averaged.model if averaged is not None else model
     windows = data.behaviour.windows(config.max_len, config.stride or max(1, config.max_len // 2))
     features = data.features.to(device)
     table = data.text_table.to(device)
@@ -281,10 +306,12 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             if averaged is not None:
-                averaged.update_parameters(model)
+                averaged.update(model)
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v / len(steps)
         train_seconds = time.perf_counter() - tick
+        if averaged is not None:
+            averaged.materialise()
         valid = evaluate_model(evaluated, data, "valid", config.max_len, config.eval_batch_size).metrics
         row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
                **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}

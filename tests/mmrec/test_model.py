@@ -58,3 +58,24 @@ def _loss_parts(model, features):
                            targets=torch.tensor([[1, 2, 3, n]]))
     _, parts = model.loss(batch, features)
     return parts
+
+
+def test_weight_average_is_a_bias_corrected_ema_of_the_weights():
+    from mmrec.training import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.9)
+    expected, weight_sum = torch.zeros_like(model.weight), 0.0
+    for step in range(1, 6):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        average.update(model)
+        expected = 0.9 * expected + 0.1 * model.weight.detach()
+        weight_sum = 0.9 * weight_sum + 0.1
+    average.materialise()
+    torch.testing.assert_close(average.model.weight, expected / weight_sum)
+    # after one step the average is that step's weights, not a blend with zeros or the initial weights
+    single = WeightAverage(model, decay=0.99)
+    single.update(model)
+    single.materialise()
+    torch.testing.assert_close(single.model.weight, model.weight)
