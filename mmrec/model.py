@@ -32,7 +32,7 @@ class ModelLoadError(ValueError):
 class ModelConfig:
     """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
     (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over
-    the catalogue), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
+    the items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
     negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random trained
     items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen in
     training lands where a trained item with that content would, not in a region the interests never point at."""
@@ -178,7 +178,8 @@ class MultimodalRecommender(nn.Module):
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: BehaviourBatch, features: ItemFeatures, text_table: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Next-item cross-entropy over the whole catalogue + scorer BCE (hard and random negatives) + alignment."""
+        """Next-item cross-entropy over every item seen in training (full softmax) + the re-ranker's loss +
+        text-image alignment + the cold-item loss."""
         c = self.config
         vectors = self.item_vectors(features)  # (N, D)
         out, _ = self.states(batch, vectors, text_table=text_table)
@@ -188,12 +189,14 @@ class MultimodalRecommender(nn.Module):
         mask = batch.targets != len(features)
         interest = self.interest_model.interest(all_states[mask])  # (M, D)
         target = batch.targets[mask]
-        logits = interest @ vectors.T  # (M, N)
+        # Only items seen in training compete in the softmax: an item that never occurs as a target would
+        # otherwise be pushed down as a negative at every step, and new items would start out buried.
+        logits = (interest @ vectors.T).masked_fill(~features.known, float("-inf"))  # (M, N)
         next_item = F.cross_entropy(logits, target)
         parts = {"next_item": next_item.item()}
         total = next_item
         if c.scorer_weight > 0:
-            scorer = self._scorer_loss(interest, vectors, logits.detach(), target)
+            scorer = self._scorer_loss(interest, vectors, logits.detach(), target, features.known)
             total = total + c.scorer_weight * scorer
             parts["scorer"] = scorer.item()
         if c.cold_weight > 0 and c.use_id and (c.use_text or c.use_image):
@@ -201,7 +204,7 @@ class MultimodalRecommender(nn.Module):
             total = total + c.cold_weight * cold
             parts["cold"] = cold.item()
         if c.alignment_weight > 0 and c.use_text and c.use_image:
-            both = torch.nonzero(features.present.all(1)).squeeze(1)
+            both = torch.nonzero(features.present.all(1) & features.known).squeeze(1)
             if len(both) > 1:
                 pick = both[torch.randperm(len(both), device=both.device)[: c.alignment_batch]]
                 align = self.fusion.alignment_loss(features.text[pick], features.image[pick])
@@ -223,11 +226,12 @@ class MultimodalRecommender(nn.Module):
                                                       torch.zeros_like(sample.known)))
         return F.mse_loss(content_only, vectors[pick].detach())
 
-    def _scorer_loss(self, interest, vectors, logits, target) -> torch.Tensor:
+    def _scorer_loss(self, interest, vectors, logits, target, known) -> torch.Tensor:
         """Train the MLP re-ranker on what it sees at inference: the retrieval's top ``rerank`` candidates.
 
         Listwise cross-entropy over those candidates for the targets retrieval found, plus binary cross-entropy of
-        the target against uniform random negatives, which anchors the sigmoid as a probability. Interest and item
+        the target against uniform random negatives among the ``known`` (trained) items, which anchors the sigmoid
+        as a probability. Interest and item
         vectors are detached: the re-ranker learns on top of the retrieval space without distorting it."""
         c = self.config
         interest, vectors = interest.detach(), vectors.detach()
@@ -244,8 +248,9 @@ class MultimodalRecommender(nn.Module):
                 scores = self.scorer.logits(interest[found], vectors[top[found]])
                 total = total + F.cross_entropy(scores, hit[found].float().argmax(1))
         n_random = c.scorer_negatives
-        candidates = torch.cat([target[:, None],
-                                torch.randint(0, vectors.shape[0], (len(target), n_random), device=target.device)], 1)
+        pool = torch.nonzero(known).squeeze(1)
+        negatives = pool[torch.randint(0, len(pool), (len(target), n_random), device=target.device)]
+        candidates = torch.cat([target[:, None], negatives], 1)
         labels = (candidates == target[:, None]).float()
         scores = self.scorer.logits(interest, vectors[candidates])
         return total + F.binary_cross_entropy_with_logits(scores, labels)

@@ -1,8 +1,9 @@
 """End-to-end training of fusion + GRU + scorer on stored encoder features (encoders frozen).
 
-Objective: next-item cross-entropy over the whole catalogue (full softmax, no sampled negatives), the scorer's
-binary cross-entropy, and the fusion's contrastive alignment. Early stopping on validation NDCG@10 under the
-DESIGN.md protocol; seeded and reproducible on CPU.
+Objective: next-item cross-entropy over every item seen in training (full softmax, no sampled negatives), the
+re-ranker's loss, the fusion's contrastive alignment and the cold-item loss (see :class:`~mmrec.model.ModelConfig`).
+Early stopping on validation NDCG@10 of an average of the weights, under the DESIGN.md protocol; seeded and
+reproducible on CPU.
 """
 
 from __future__ import annotations
