@@ -239,6 +239,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference results (markdown table with an NDCG@10 column), e.g. "
                              "../shared/baselines/ml-latest-small.md")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only rebuild the report from the runs already in OUT/runs.jsonl")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -256,7 +258,7 @@ def run_report(args: argparse.Namespace) -> int:
     )
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
     summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
-                     args.reference, command=command,
+                     args.reference, command=command, train=not args.no_train,
                      on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
                                             f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
                                             flush=True))

@@ -358,10 +358,11 @@ def run_report(
     reference: Path | None = None,
     command: str = "",
     on_run: Callable[[dict], None] | None = None,
+    train: bool = True,
 ) -> ReportSummary:
     """Train and evaluate every model of ``config`` under each protocol and seed, then write ``report.md``,
     ``results.json``, ``metrics.png`` and ``valid_curves.png`` to ``out`` (runs already in ``out/runs.jsonl``
-    are reused)."""
+    are reused; ``train=False`` only rebuilds the report from them)."""
     config = config or QualityConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +376,7 @@ def run_report(
         for protocol in config.protocols:
             for seed in config.seeds:
                 todo = [m for m in config.models if (protocol, m, seed) not in done]
-                if not todo:
+                if not todo or not train:
                     continue
                 data = load_training_data(store, interactions, context_events,
                                           hold_out=config.hold_out if protocol == "cold" else 0.0, hold_out_seed=seed)

@@ -101,6 +101,10 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     run_report(store, slice_store / "interactions.csv", tmp_path, config, slice_store / "tags.csv",
                on_run=again.append)
     assert again == []  # every run reused from runs.jsonl
+    rebuilt = run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
+        models=("pop", "id", "text+id", "bpr"), seeds=(0, 1), ours="text+id", train=config.train,
+        bootstrap_resamples=200), slice_store / "tags.csv", on_run=again.append, train=False)
+    assert again == [] and len(rebuilt.runs) == 12  # nothing trained: bpr has no runs, so no row
     config.train.epochs = 1
     run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
         models=("id",), seeds=(0,), protocols=("standard",), ours="id", train=config.train,
