@@ -20,6 +20,20 @@ def require_shared(path: Path = POSTERS) -> Path:
     return path
 
 
+def write_movielens_slice(folder: Path, n_items: int, max_user: int) -> Path:
+    """The ``n_items`` most-rated bundled movies with users ``1..max_user``'s ratings and tags of them, written as
+    items.csv, interactions.csv and tags.csv into ``folder`` (returned)."""
+    import pandas as pd
+
+    interactions = pd.read_csv(ASSETS / "interactions.csv")
+    top = interactions.item_id.value_counts().index[:n_items]
+    items = pd.read_csv(ASSETS / "items.csv", dtype=str, keep_default_na=False)
+    items[items.item_id.astype(int).isin(top)].to_csv(folder / "items.csv", index=False)
+    for name, frame in (("interactions.csv", interactions), ("tags.csv", pd.read_csv(ASSETS / "tags.csv"))):
+        frame[frame.item_id.isin(top) & (frame.user_id <= max_user)].to_csv(folder / name, index=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def posters() -> Path:
     return require_shared(POSTERS)

@@ -14,21 +14,13 @@ from mmrec.jobs import evaluate_store, refresh_store, train_store
 from mmrec.model import ModelLoadError
 from mmrec.training import TrainConfig
 
-from ..conftest import ASSETS, REPO
+from ..conftest import REPO, write_movielens_slice
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, text_encoder):
     """The 800 most-rated movies and the interactions of users 1-150 on them (149 users rated one); 3 epochs."""
-    folder = tmp_path_factory.mktemp("api")
-    interactions = pd.read_csv(ASSETS / "interactions.csv")
-    top = interactions.item_id.value_counts().index[:800]
-    items = pd.read_csv(ASSETS / "items.csv", dtype=str, keep_default_na=False)
-    items[items.item_id.astype(int).isin(top)].to_csv(folder / "items.csv", index=False)
-    keep = interactions.item_id.isin(top) & (interactions.user_id <= 150)
-    interactions[keep].to_csv(folder / "interactions.csv", index=False)
-    tags = pd.read_csv(ASSETS / "tags.csv")
-    tags[tags.item_id.isin(top) & (tags.user_id <= 150)].to_csv(folder / "tags.csv", index=False)
+    folder = write_movielens_slice(tmp_path_factory.mktemp("api"), n_items=800, max_user=150)
     store_dir = folder / "store"
     embed_catalog(folder / "items.csv", store_dir, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
                   text_encoder=text_encoder)

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mmrec import Store
@@ -12,7 +11,7 @@ from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.report import QualityConfig, read_reference, run_report
 from mmrec.training import TrainConfig, load_training_data
 
-from ..conftest import ASSETS, SHARED
+from ..conftest import ASSETS, SHARED, write_movielens_slice
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def test_hold_out_removes_a_seeded_tenth_of_items_from_training_only(split):
     cold = set(reduced.cold_users("test").tolist())
     assert set(np.flatnonzero(held[split.test_item]).tolist()) <= cold
     assert len(cold) > 40  # ~10% of 610 users, plus the items that are cold anyway
-    again, same = hold_out_items(split, 0.1, seed=3)
+    _, same = hold_out_items(split, 0.1, seed=3)
     np.testing.assert_array_equal(same, held)
     assert (hold_out_items(split, 0.1, seed=4)[1] != held).any()
     with pytest.raises(ValueError, match="fraction"):
@@ -45,15 +44,7 @@ def test_hold_out_removes_a_seeded_tenth_of_items_from_training_only(split):
 @pytest.fixture(scope="module")
 def slice_store(tmp_path_factory, text_encoder):
     """The 300 most-rated movies and users 1-80's ratings and tags of them, text features embedded."""
-    folder = tmp_path_factory.mktemp("report")
-    interactions = pd.read_csv(ASSETS / "interactions.csv")
-    top = interactions.item_id.value_counts().index[:300]
-    items = pd.read_csv(ASSETS / "items.csv", dtype=str, keep_default_na=False)
-    items[items.item_id.astype(int).isin(top)].to_csv(folder / "items.csv", index=False)
-    interactions[interactions.item_id.isin(top) & (interactions.user_id <= 80)].to_csv(
-        folder / "interactions.csv", index=False)
-    tags = pd.read_csv(ASSETS / "tags.csv")
-    tags[tags.item_id.isin(top) & (tags.user_id <= 80)].to_csv(folder / "tags.csv", index=False)
+    folder = write_movielens_slice(tmp_path_factory.mktemp("report"), n_items=300, max_user=80)
     embed_catalog(folder / "items.csv", folder / "store", EmbedConfig(use_images=False, text_columns=["title", "genres"]),
                   text_encoder=text_encoder)
     return folder
