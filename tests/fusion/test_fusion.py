@@ -87,3 +87,16 @@ def test_config_is_validated():
         FusionConfig(id_dropout=1.0)
     with pytest.raises(ValueError, match="at least one"):
         FusionConfig(text_dim=0, image_dim=0, n_items=0)
+
+
+def test_feature_noise_perturbs_training_only():
+    torch.manual_seed(0)
+    text, image, present = torch.randn(6, 384), torch.rand(6, 1280), torch.ones(6, 2, dtype=torch.bool)
+    noisy = ItemFusion(FusionConfig(feature_noise=0.5, id_dropout=0.0))
+    noisy.eval()
+    assert torch.equal(noisy(text, image, present), noisy(text, image, present))
+    noisy.train()
+    assert not torch.allclose(noisy(text, image, present), noisy(text, image, present))
+    clean = ItemFusion(FusionConfig(feature_noise=0.0, id_dropout=0.0))
+    clean.train()
+    assert torch.equal(clean(text, image, present), clean(text, image, present))
