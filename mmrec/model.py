@@ -35,7 +35,10 @@ class ModelConfig:
     the items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
     negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random trained
     items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen in
-    training lands where a trained item with that content would, not in a region the interests never point at."""
+    training lands where a trained item with that content would, not in a region the interests never point at.
+    ``new_item_bias`` / ``new_item_logit_bias`` are added to the retrieval score / the re-ranker's logit of every
+    item not seen in training: neither stage ever ranked such items against trained ones, so their scores are not
+    on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`)."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -50,6 +53,8 @@ class ModelConfig:
     scorer_targets: int = 512
     alignment_batch: int = 512
     cold_batch: int = 2048
+    new_item_bias: float = 0.0
+    new_item_logit_bias: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,26 +159,33 @@ class MultimodalRecommender(nn.Module):
         return self.interest_model.interest(last)
 
     # -- scoring -----------------------------------------------------------------------------------------------
-    def rerank(self, interest: torch.Tensor, vectors: torch.Tensor, dot: torch.Tensor) -> torch.Tensor:
+    def rerank(self, interest: torch.Tensor, vectors: torch.Tensor, dot: torch.Tensor,
+               new_items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``(B, N)`` where the top ``rerank`` items by dot product are ordered by the MLP and placed above
-        every other item; the rest keep their dot-product order."""
+        every other item; the rest keep their dot-product order. ``new_items (N,)`` bool: items whose logits get
+        ``config.new_item_logit_bias``."""
         k = min(self.config.scorer.rerank, dot.shape[1])
         if k == 0:
             return dot
         top = dot.topk(k, dim=1).indices  # (B, k)
         logits = self.scorer.logits(interest, vectors[top])
+        if new_items is not None and self.config.new_item_logit_bias:
+            logits = logits + self.config.new_item_logit_bias * new_items[top].to(logits.dtype)
         offset = dot.max() - logits.min() + 1.0
         return dot.scatter(1, top, logits + offset)
 
     def full_sort_scores(self, batch: BehaviourBatch, vectors: torch.Tensor, exclude: torch.Tensor | None = None,
-                         text_table: torch.Tensor | None = None):
+                         text_table: torch.Tensor | None = None, new_items: torch.Tensor | None = None):
         """``(B, N)`` ranking scores over every item; ``exclude (B, N)`` bool masks items before re-ranking so the
-        MLP spends its candidates on rankable items."""
+        MLP spends its candidates on rankable items; ``new_items (N,)`` bool marks items not seen in training,
+        whose retrieval scores get ``config.new_item_bias``."""
         interest = self.interests(batch, vectors, text_table)
         dot = interest @ vectors.T
+        if new_items is not None and self.config.new_item_bias:
+            dot = dot + self.config.new_item_bias * new_items.to(dot.dtype)
         if exclude is not None:
             dot = dot.masked_fill(exclude, float("-inf"))
-        return self.rerank(interest, vectors, dot)
+        return self.rerank(interest, vectors, dot, new_items)
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: BehaviourBatch, features: ItemFeatures, text_table: torch.Tensor | None = None

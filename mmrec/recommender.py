@@ -61,6 +61,8 @@ class Recommender:
         features.id_index = torch.from_numpy(id_index)
         with torch.no_grad():
             self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
+        # Items the model never trained on get the validation-chosen lift, as in evaluation (see ModelConfig).
+        self._new_items = torch.from_numpy(~known).to(device, torch.float32)
         self._text_encoder = None
 
     # -- loading -----------------------------------------------------------------------------------------------
@@ -196,15 +198,16 @@ class Recommender:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         interest = self._user_interest(user_id)
-        dot = self.item_vectors @ interest  # (N,)
+        dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items  # (N,)
         if exclude_seen:
             seen = {row[1] for row in self.store.user_events([str(user_id)])[str(user_id)]}
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
         n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))
         top = dot.topk(n_candidates).indices
-        probs = self.model.scorer.probability(interest[None], self.item_vectors[top][None])[0]
-        order = probs.argsort(descending=True)[:k]
+        logits = self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0]
+        order = (logits + self.model.config.new_item_logit_bias * self._new_items[top]).argsort(descending=True)[:k]
+        probs = torch.sigmoid(logits)
         return [(self.item_ids[int(top[i])], float(probs[i])) for i in order]
 
     def observe(self, user_id, item_id, event: str | None = None, timestamp: int | float | None = None,

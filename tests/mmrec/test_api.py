@@ -182,3 +182,40 @@ def test_load_refuses_features_from_another_encoder(trained, tmp_path):
         Recommender.load(copy)
     with pytest.raises(ModelLoadError, match="no trained model"):
         Recommender.load(Store(tmp_path / "empty").path)
+
+
+def test_a_newly_embedded_item_is_recommendable_with_the_lift_training_chose(trained, tmp_path, text_encoder):
+    import shutil
+
+    folder, store_dir, _, _ = trained
+    saved = json.loads((store_dir / "model" / "config.json").read_text())["model"]
+    assert (saved["new_item_bias"] > 0) == (saved["new_item_logit_bias"] > 0)
+    # A movie added to the catalogue after training: embedded from its text alone, no ID, no interactions.
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
+    catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    everything = pd.read_csv(REPO / "assets" / "ml-latest-small" / "items.csv", dtype=str, keep_default_na=False)
+    newcomer = everything[~everything.item_id.isin(catalogue.item_id)].iloc[:1]
+    pd.concat([catalogue, newcomer]).to_csv(tmp_path / "items.csv", index=False)
+    embed_catalog(tmp_path / "items.csv", copy, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
+                  text_encoder=text_encoder)
+    rec = Recommender.load(copy, device="cpu")
+    new_id = newcomer.item_id.iloc[0]
+    assert new_id in rec.item_ids and float(rec.score("1", [new_id])[0]) >= 0.0
+    rec.model.config.new_item_bias = rec.model.config.new_item_logit_bias = 1e3
+    assert rec.recommend("1", k=3)[0][0] == new_id
+
+
+def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
+    import mmrec.training as training
+
+    folder, store_dir, _, _ = trained
+    tag = pd.read_csv(folder / "tags.csv").tag.iloc[0]
+    from mmrec.encoders.preprocess import clean_text
+
+    def refuse():
+        raise AssertionError("the text encoder was loaded although every text is cached")
+
+    monkeypatch.setattr(training, "_text_encoder", refuse)
+    vectors = training.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
+    assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-3

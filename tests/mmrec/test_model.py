@@ -79,3 +79,23 @@ def test_weight_average_is_a_bias_corrected_ema_of_the_weights():
     single.update(model)
     single.materialise()
     torch.testing.assert_close(single.model.weight, model.weight)
+
+
+def test_new_item_bias_lifts_only_items_never_seen_in_training():
+    from mmrec.behaviour import BehaviourBatch
+
+    torch.manual_seed(0)
+    features = _features()
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features))))
+    model.config.scorer.rerank = 0
+    model.eval()
+    vectors = model.item_vectors(features)
+    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
+                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
+                           lengths=torch.tensor([3]), users=torch.tensor([0]))
+    new = ~features.known
+    plain = model.full_sort_scores(batch, vectors, new_items=new)
+    model.config.new_item_bias = 2.5
+    lifted = model.full_sort_scores(batch, vectors, new_items=new)
+    assert torch.allclose(lifted[:, new], plain[:, new] + 2.5)
+    assert torch.equal(lifted[:, ~new], plain[:, ~new])
