@@ -239,6 +239,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference results (markdown table with an NDCG@10 column), e.g. "
                              "../shared/baselines/ml-latest-small.md")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default=defaults.device, help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--no-train", action="store_true",
                         help="only rebuild the report from the runs already in OUT/runs.jsonl")
 
@@ -255,6 +256,7 @@ def run_report(args: argparse.Namespace) -> int:
         models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
         train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False),
         baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
+        device=args.device,
     )
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
     summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,

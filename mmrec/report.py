@@ -38,6 +38,7 @@ import torch
 from .baselines import BASELINES, build_baseline, seed_everything
 from .baselines import TrainConfig as BaselineTrainConfig
 from .baselines import fit as fit_baseline
+from .encoders.precision import resolve_device
 from .evaluation import METRICS, EvalResult, evaluate, paired_bootstrap
 from .store import Store
 from .training import TrainConfig, TrainingData, evaluate_model, fit, load_training_data
@@ -73,6 +74,7 @@ class QualityConfig:
         baseline_epochs / baseline_patience: the baselines' early stopping (GRU4Rec plateaus for ~15 epochs).
         bootstrap_resamples: paired bootstrap over test users.
         threads: torch CPU threads (``None``: torch's default).
+        device: where every model trains and is evaluated (``"auto"``: CUDA when available).
     """
 
     models: tuple[str, ...] = (*BASELINES, *OUR_VARIANTS)
@@ -80,11 +82,12 @@ class QualityConfig:
     protocols: tuple[str, ...] = PROTOCOLS
     ours: str = "text+image+id"
     hold_out: float = 0.1
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, patience=5, show_progress=False))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, patience=8, show_progress=False))
     baseline_epochs: int = 200
     baseline_patience: int = 30
     bootstrap_resamples: int = 10_000
     threads: int | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = [m for m in (*self.models, self.ours) if m not in BASELINES and not is_ours(m)]
@@ -122,11 +125,13 @@ def _split_metrics(result: EvalResult) -> dict[str, dict[str, float | None]]:
 
 def _run_baseline(name: str, data: TrainingData, seed: int, config: QualityConfig) -> dict:
     seed_everything(seed)
+    device = resolve_device(config.device)
     model = build_baseline(name, data.split)
     fitted = fit_baseline(model, data.split, BaselineTrainConfig(
-        epochs=config.baseline_epochs, patience=config.baseline_patience, seed=seed, progress=False))
+        epochs=config.baseline_epochs, patience=config.baseline_patience, seed=seed, progress=False,
+        device=str(device)))
     model.eval()
-    test = evaluate(model.full_sort_scores, data.split, "test")
+    test = evaluate(model.full_sort_scores, data.split, "test", device=device)
     return {
         "valid_ndcg@10": fitted.best_valid.metrics["ndcg@10"], "best_epoch": fitted.best_epoch,
         "epochs": fitted.epochs_run, "seconds_per_epoch": fitted.seconds_per_epoch,
@@ -139,6 +144,7 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
     parts = set(variant.split("+"))
     train = copy.deepcopy(config.train)
     train.seed = seed
+    train.device = config.device
     train.model.use_text, train.model.use_image, train.model.use_id = "text" in parts, "image" in parts, "id" in parts
     fitted = fit(data, train, log=log.info)
     test = evaluate_model(fitted.model, data, "test", train.max_len)
@@ -147,6 +153,8 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "valid_ndcg@10": fitted.best_valid["ndcg@10"], "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
         "seconds_per_epoch": float(np.mean(train_time)), "train_seconds": fitted.seconds,
         "valid_curve": [row["valid_ndcg@10"] for row in fitted.history],
+        "new_item_bias": fitted.model.config.new_item_bias,
+        "new_item_logit_bias": fitted.model.config.new_item_logit_bias,
         "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
 
@@ -161,9 +169,10 @@ def _fingerprint(config: QualityConfig) -> str:
     """What a run's result depends on (not which models or seeds are listed): runs with another fingerprint are
     retrained rather than reused."""
     settings = _settings(config)
-    for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads"):
+    for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
+    settings["train"].pop("device")
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
