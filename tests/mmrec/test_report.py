@@ -111,3 +111,12 @@ def test_read_reference_parses_the_shared_baselines_table(tmp_path):
                         "| SASRec | 0.0984 | 0.0526 |\n\nafter\n")
     values = read_reference(path)
     assert {"pop", "sasrec"} <= set(values) and 0 < values["sasrec"] < 1
+
+
+def test_where_a_run_trains_does_not_change_its_fingerprint():
+    from mmrec.report import _fingerprint
+
+    on_gpu = QualityConfig(device="cuda", train=TrainConfig(epochs=60, patience=8, device="cuda"))
+    on_cpu = QualityConfig(device="cpu", threads=2, train=TrainConfig(epochs=60, patience=8, device="cpu"))
+    assert _fingerprint(on_gpu) == _fingerprint(on_cpu)
+    assert _fingerprint(on_cpu) != _fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
