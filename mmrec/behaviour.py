@@ -41,6 +41,9 @@ class BehaviourBatch:
     users: torch.Tensor
     targets: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> "BehaviourBatch":
+        return BehaviourBatch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
 
 @dataclass
 class Behaviour:

@@ -31,11 +31,11 @@ class ModelLoadError(ValueError):
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
-    (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over
-    the items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives`` random
-    negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random trained
-    items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen in
-    training lands where a trained item with that content would, not in a region the interests never point at.
+    (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over the
+    items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives``
+    random negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random
+    trained items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen
+    in training lands where a trained item with that content would, not in a region the interests never point at.
     ``new_item_bias`` / ``new_item_logit_bias`` are added to the retrieval score / the re-ranker's logit of every
     item not seen in training: neither stage ever ranked such items against trained ones, so their scores are not
     on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`)."""
@@ -243,8 +243,8 @@ class MultimodalRecommender(nn.Module):
 
         Listwise cross-entropy over those candidates for the targets retrieval found, plus binary cross-entropy of
         the target against uniform random negatives among the ``known`` (trained) items, which anchors the sigmoid
-        as a probability. Interest and item
-        vectors are detached: the re-ranker learns on top of the retrieval space without distorting it."""
+        as a probability. Interest and item vectors are detached: the re-ranker learns on top of the retrieval
+        space without distorting it."""
         c = self.config
         interest, vectors = interest.detach(), vectors.detach()
         if len(target) > c.scorer_targets:

@@ -118,10 +118,9 @@ def embed_event_texts(store: Store, texts: list[str], text_encoder=None) -> np.n
     if not texts:
         return np.zeros((0, 384), np.float32)
     stored = store.encoders().get("text", [])
-    version = text_encoder.version if text_encoder is not None else (stored[0] if len(stored) == 1 else None)
-    if version is None:
+    if text_encoder is None and len(stored) != 1:
         text_encoder = _text_encoder()
-        version = text_encoder.version
+    version = text_encoder.version if text_encoder is not None else stored[0]
     keys = [hashlib.sha256(f"{version}\0{t}".encode()).hexdigest() for t in texts]
     cached = store.cached_texts(keys)
     missing = [i for i, k in enumerate(keys) if k not in cached]
@@ -249,8 +248,7 @@ def evaluate_model(
 
     def score(_batch, user_index: torch.Tensor) -> torch.Tensor:
         rows = user_index.cpu().numpy()
-        context = data.behaviour.context(stage, rows, max_len)
-        context = type(context)(**{k: v.to(device) for k, v in vars(context).items() if v is not None})
+        context = data.behaviour.context(stage, rows, max_len).to(device)
         exclude = history_mask(data, stage, rows).to(device)
         return model.full_sort_scores(context, vectors, exclude, table, new_items)
 
@@ -278,8 +276,7 @@ def calibrate_new_item_bias(
     device = next(model.parameters()).device
     vectors = model.item_vectors(data.features.to(device))
     rows = np.arange(min(data.split.n_users, 1024))
-    context = data.behaviour.context("valid", rows, max_len)
-    context = type(context)(**{k: v.to(device) for k, v in vars(context).items() if v is not None})
+    context = data.behaviour.context("valid", rows, max_len).to(device)
     interest = model.interests(context, vectors, data.text_table.to(device))
     dot = interest @ vectors.T
     top = dot.topk(min(max(config.scorer.rerank, 1), dot.shape[1]), dim=1).indices
@@ -359,8 +356,7 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
         totals: dict[str, float] = {}
         steps = range(0, len(order), config.batch_size)
         for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not show, unit="batch"):
-            batch = windows.batch(order[start : start + config.batch_size])
-            batch = type(batch)(**{k: v.to(device) for k, v in vars(batch).items()})
+            batch = windows.batch(order[start : start + config.batch_size]).to(device)
             loss, parts = model.loss(batch, features, table)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
