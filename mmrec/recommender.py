@@ -222,9 +222,9 @@ class Recommender:
         self._item_positions([item_id])
         name = self.event_names[self._event_index(event)]
         ts = int(time.time() if timestamp is None else timestamp)
-        from .encoders.preprocess import clean_text
+        from .encoders.preprocess import clean_behaviour_texts
 
-        row = (str(user_id), ts, str(item_id), name, clean_text(text) if text else "")
+        row = (str(user_id), ts, str(item_id), name, clean_behaviour_texts([text])[0] if text else "")
         self.apply_events([row])
 
     def apply_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .behaviour import Behaviour, ContextEvents, build_behaviour
 from .data import ItemIndex, Split, hold_out_items, leave_one_out, load_interactions, read_table
-from .encoders.preprocess import clean_text
+from .encoders.preprocess import clean_behaviour_texts
 from .evaluation import EvalResult, evaluate
 from .model import ItemFeatures, ModelConfig, MultimodalRecommender
 from .store import Store
@@ -154,7 +154,7 @@ def _context_events(path, split: Split, items: ItemIndex, store: Store, text_enc
                          f"(columns: {list(frame.columns)})")
     # Without an `event` column the event is named after the text column: tags.csv rows are "tag" events.
     events = frame["event"].astype(str) if "event" in frame.columns else pd.Series(text_column, index=frame.index)
-    texts = frame[text_column].map(clean_text)
+    texts = pd.Series(clean_behaviour_texts(frame[text_column].tolist()), index=frame.index)
     timestamps = pd.to_numeric(frame["timestamp"], errors="coerce")
     user_pos = pd.Index(split.user_ids).get_indexer(frame["user_id"].astype(str))
     item_pos = pd.Index(items.ids).get_indexer(frame["item_id"].astype(str))

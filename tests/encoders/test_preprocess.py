@@ -31,3 +31,17 @@ def test_keyphrases_of_reviews_and_tags():
     assert phrases[1] == ["highly quotable"]
     assert any("nolan" in p for p in phrases[2]) and "great soundtrack" in phrases[2]
     assert phrases[3] == []
+
+
+def test_behaviour_texts_are_cleaned_with_the_spacy_tokenizer():
+    from mmrec.encoders import clean_behaviour_texts
+
+    raw = ["Tradition!", "Oscar (Best Actress)", "sci-fi", "<b>not</b> funny :)", "see http://example.com", None]
+    assert clean_behaviour_texts(raw) == [
+        "tradition", "oscar best actress", "sci-fi", "not funny", "see", ""]
+
+
+def test_behaviour_text_case_does_not_change_the_embedding(text_encoder):
+    # Lower-casing merges cache entries only because the default encoder is uncased: check that it is.
+    a, b = text_encoder.encode(["Pixar", "pixar"])
+    assert float(a @ b) > 0.9999
