@@ -49,6 +49,10 @@ class TrainConfig:
         new_item_bias_grid: after training, the lift of items not seen in training (see
             :func:`calibrate_new_item_bias`) is chosen from these multiples of the scores' standard deviation by
             validation NDCG@10 (empty: no lift).
+        new_item_recall_ratio: a minimum exposure of new items instead: the lift is the smallest multiple whose
+            validation Recall@20 on users whose target is a new item reaches this fraction of the other users'
+            Recall@20 (the multiple with the highest fraction when none does). Recommending items nobody has
+            interacted with yet costs the others some recall; ``0`` (default) leaves the choice to NDCG@10.
         model: the network (see :class:`~mmrec.model.ModelConfig`).
     """
 
@@ -65,6 +69,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     show_progress: bool | None = None
     new_item_bias_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    new_item_recall_ratio: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -73,6 +78,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.new_item_recall_ratio < 0:
+            raise ValueError(f"new_item_recall_ratio must be >= 0, got {self.new_item_recall_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -258,21 +265,24 @@ def evaluate_model(
 @torch.no_grad()
 def calibrate_new_item_bias(
     model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int = 50,
-    batch_size: int = 256,
+    batch_size: int = 256, min_recall_ratio: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
-    """Choose how far items not seen in training are lifted, by validation NDCG@10 (ties keep the smaller lift).
+    """Choose how far items not seen in training are lifted, on validation.
 
     A multiple ``m`` of ``grid`` adds ``m`` standard deviations of the validation retrieval scores to new items'
     retrieval scores (``config.new_item_bias``) and ``m`` standard deviations of the re-ranker's logits on those
     candidates to their logits (``config.new_item_logit_bias``). Neither stage ever ranked a new item against
-    trained ones during training, so without a lift they sit too low to be recommended at all. Returns the chosen
-    multiple and the validation metrics (``cold_`` ones included) it reached."""
+    trained ones during training, so without a lift they sit too low to be recommended at all.
+
+    The chosen multiple has the best NDCG@10 (ties keep the smaller lift) or, with ``min_recall_ratio > 0``, is the
+    smallest whose :func:`new_item_recall_ratio` reaches ``min_recall_ratio`` (the highest ratio when none does).
+    Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
     config = model.config
     config.new_item_bias = config.new_item_logit_bias = 0.0
-    best = evaluate_model(model, data, "valid", max_len, batch_size)
-    best_metrics = {**best.metrics, **best.cold_metrics}
-    if not grid or bool(data.features.known.all()) or not best.is_cold.any():
-        return 0.0, best_metrics
+    unlifted = evaluate_model(model, data, "valid", max_len, batch_size)
+    results = {0.0: unlifted}
+    if not grid or bool(data.features.known.all()) or not unlifted.is_cold.any():
+        return 0.0, {**unlifted.metrics, **unlifted.cold_metrics}
     device = next(model.parameters()).device
     vectors = model.item_vectors(data.features.to(device))
     rows = np.arange(min(data.split.n_users, 1024))
@@ -281,14 +291,28 @@ def calibrate_new_item_bias(
     dot = interest @ vectors.T
     top = dot.topk(min(max(config.scorer.rerank, 1), dot.shape[1]), dim=1).indices
     dot_scale, logit_scale = float(dot.std()), float(model.scorer.logits(interest, vectors[top]).std())
-    chosen = 0.0
     for multiple in sorted(m for m in grid if m > 0):
         config.new_item_bias, config.new_item_logit_bias = multiple * dot_scale, multiple * logit_scale
-        result = evaluate_model(model, data, "valid", max_len, batch_size)
-        if result.metrics["ndcg@10"] > best_metrics["ndcg@10"]:
-            chosen, best_metrics = multiple, {**result.metrics, **result.cold_metrics}
+        results[multiple] = evaluate_model(model, data, "valid", max_len, batch_size)
+        if min_recall_ratio > 0 and new_item_recall_ratio(results[multiple]) >= min_recall_ratio:
+            break
+    if min_recall_ratio > 0:
+        reached = [m for m, r in results.items() if new_item_recall_ratio(r) >= min_recall_ratio]
+        chosen = min(reached) if reached else max(results, key=lambda m: new_item_recall_ratio(results[m]))
+    else:
+        chosen = max(results, key=lambda m: (results[m].metrics["ndcg@10"], -m))
     config.new_item_bias, config.new_item_logit_bias = chosen * dot_scale, chosen * logit_scale
-    return chosen, best_metrics
+    return chosen, {**results[chosen].metrics, **results[chosen].cold_metrics}
+
+
+def new_item_recall_ratio(result: EvalResult) -> float:
+    """Recall@20 of the users whose target was never trained on, over the other users' Recall@20 (0 when either
+    group is empty or the others' recall is 0)."""
+    hits = result.per_user["recall@20"]
+    cold, warm = hits[result.is_cold], hits[~result.is_cold]
+    if len(cold) == 0 or len(warm) == 0 or warm.mean() == 0:
+        return 0.0
+    return float(cold.mean() / warm.mean())
 
 
 class WeightAverage:
@@ -389,7 +413,7 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     model.load_state_dict(best_state)
     model.eval()
     lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
-                                               config.eval_batch_size)
+                                               config.eval_batch_size, config.new_item_recall_ratio)
     if log:
         log(f"new-item lift {lift:g} std: valid ndcg@10={calibrated['ndcg@10']:.4f} "
             f"cold recall@20={calibrated['cold_recall@20']:.4f}")

@@ -219,3 +219,26 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     monkeypatch.setattr(training, "_text_encoder", refuse)
     vectors = training.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-3
+
+
+def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained):
+    from mmrec.training import calibrate_new_item_bias, evaluate_model, load_training_data, new_item_recall_ratio
+
+    folder, store_dir, rec, _ = trained
+    # The cold-start protocol on the trained slice: a fifth of the items lose their ID token, as if never trained.
+    data = load_training_data(Store(store_dir), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
+    model, grid = rec.model, (0.0, 0.5, 1.0, 2.0, 4.0)
+    saved = model.config.new_item_bias, model.config.new_item_logit_bias
+
+    def ratio_with(grid_):
+        chosen_, metrics_ = calibrate_new_item_bias(model, data, grid_, min_recall_ratio=0.5)
+        return chosen_, metrics_, new_item_recall_ratio(evaluate_model(model, data, "valid"))
+
+    try:
+        unlifted = ratio_with(())[2]
+        chosen, metrics, reached = ratio_with(grid)
+        assert unlifted < 0.5 <= reached and chosen > 0 and metrics["cold_recall@20"] > 0
+        # every smaller multiple falls short (the best of them is what the shorter grid returns)
+        assert ratio_with(tuple(m for m in grid if m < chosen))[2] < 0.5
+    finally:
+        model.config.new_item_bias, model.config.new_item_logit_bias = saved
