@@ -262,6 +262,9 @@ def evaluate_model(
     return evaluate(score, data.split, stage, batch_size=batch_size, users=users, max_len=1)
 
 
+_BEYOND_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
 @torch.no_grad()
 def calibrate_new_item_bias(
     model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int = 50,
@@ -275,7 +278,8 @@ def calibrate_new_item_bias(
     trained ones during training, so without a lift they sit too low to be recommended at all.
 
     The chosen multiple has the best NDCG@10 (ties keep the smaller lift) or, with ``min_recall_ratio > 0``, is the
-    smallest whose :func:`new_item_recall_ratio` reaches ``min_recall_ratio`` (the highest ratio when none does).
+    smallest whose :func:`new_item_recall_ratio` reaches ``min_recall_ratio``, searching on past the grid's largest
+    multiple up to 8 times it (the highest ratio when none does).
     Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
     config = model.config
     config.new_item_bias = config.new_item_logit_bias = 0.0
@@ -283,15 +287,12 @@ def calibrate_new_item_bias(
     results = {0.0: unlifted}
     if not grid or bool(data.features.known.all()) or not unlifted.is_cold.any():
         return 0.0, {**unlifted.metrics, **unlifted.cold_metrics}
-    device = next(model.parameters()).device
-    vectors = model.item_vectors(data.features.to(device))
-    rows = np.arange(min(data.split.n_users, 1024))
-    context = data.behaviour.context("valid", rows, max_len).to(device)
-    interest = model.interests(context, vectors, data.text_table.to(device))
-    dot = interest @ vectors.T
-    top = dot.topk(min(max(config.scorer.rerank, 1), dot.shape[1]), dim=1).indices
-    dot_scale, logit_scale = float(dot.std()), float(model.scorer.logits(interest, vectors[top]).std())
-    for multiple in sorted(m for m in grid if m > 0):
+    dot_scale, logit_scale = new_item_lift_scales(model, data, max_len)
+    multiples = sorted(m for m in grid if m > 0)
+    if min_recall_ratio > 0 and multiples:
+        # an exposure target may need more lift than NDCG ever would: keep going past the grid
+        multiples += [multiples[-1] * f for f in _BEYOND_GRID]
+    for multiple in multiples:
         config.new_item_bias, config.new_item_logit_bias = multiple * dot_scale, multiple * logit_scale
         results[multiple] = evaluate_model(model, data, "valid", max_len, batch_size)
         if min_recall_ratio > 0 and new_item_recall_ratio(results[multiple]) >= min_recall_ratio:
@@ -303,6 +304,20 @@ def calibrate_new_item_bias(
         chosen = max(results, key=lambda m: (results[m].metrics["ndcg@10"], -m))
     config.new_item_bias, config.new_item_logit_bias = chosen * dot_scale, chosen * logit_scale
     return chosen, {**results[chosen].metrics, **results[chosen].cold_metrics}
+
+
+@torch.no_grad()
+def new_item_lift_scales(model: MultimodalRecommender, data: TrainingData, max_len: int = 50) -> tuple[float, float]:
+    """The units of the new-item lift: the standard deviation of the retrieval scores of (up to 1,024) validation
+    users over every item, and of the re-ranker's logits on their retrieval candidates."""
+    device = next(model.parameters()).device
+    vectors = model.item_vectors(data.features.to(device))
+    rows = np.arange(min(data.split.n_users, 1024))
+    context = data.behaviour.context("valid", rows, max_len).to(device)
+    interest = model.interests(context, vectors, data.text_table.to(device))
+    dot = interest @ vectors.T
+    top = dot.topk(min(max(model.config.scorer.rerank, 1), dot.shape[1]), dim=1).indices
+    return float(dot.std()), float(model.scorer.logits(interest, vectors[top]).std())
 
 
 def new_item_recall_ratio(result: EvalResult) -> float:

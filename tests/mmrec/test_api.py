@@ -222,23 +222,24 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
 
 
 def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained):
-    from mmrec.training import calibrate_new_item_bias, evaluate_model, load_training_data, new_item_recall_ratio
+    from mmrec.training import (calibrate_new_item_bias, evaluate_model, load_training_data, new_item_lift_scales,
+                                new_item_recall_ratio)
 
     folder, store_dir, rec, _ = trained
     # The cold-start protocol on the trained slice: a fifth of the items lose their ID token, as if never trained.
     data = load_training_data(Store(store_dir), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
-    model, grid = rec.model, (0.0, 0.5, 1.0, 2.0, 4.0)
+    model, grid = rec.model, (0.0, 0.25, 0.5, 1.0, 2.0)
     saved = model.config.new_item_bias, model.config.new_item_logit_bias
+    dot_scale, logit_scale = new_item_lift_scales(model, data)
 
-    def ratio_with(grid_):
-        chosen_, metrics_ = calibrate_new_item_bias(model, data, grid_, min_recall_ratio=0.5)
-        return chosen_, metrics_, new_item_recall_ratio(evaluate_model(model, data, "valid"))
+    def ratio_at(multiple):
+        model.config.new_item_bias, model.config.new_item_logit_bias = multiple * dot_scale, multiple * logit_scale
+        return new_item_recall_ratio(evaluate_model(model, data, "valid"))
 
     try:
-        unlifted = ratio_with(())[2]
-        chosen, metrics, reached = ratio_with(grid)
-        assert unlifted < 0.5 <= reached and chosen > 0 and metrics["cold_recall@20"] > 0
-        # every smaller multiple falls short (the best of them is what the shorter grid returns)
-        assert ratio_with(tuple(m for m in grid if m < chosen))[2] < 0.5
+        chosen, metrics = calibrate_new_item_bias(model, data, grid, min_recall_ratio=0.5)
+        assert new_item_recall_ratio(evaluate_model(model, data, "valid")) >= 0.5 and metrics["cold_recall@20"] > 0
+        assert chosen > 0 and ratio_at(0.0) < 0.5
+        assert all(ratio_at(m) < 0.5 for m in grid if m < chosen)
     finally:
         model.config.new_item_bias, model.config.new_item_logit_bias = saved
