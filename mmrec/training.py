@@ -292,14 +292,16 @@ def calibrate_new_item_bias(
     if min_recall_ratio > 0 and multiples:
         # an exposure target may need more lift than NDCG ever would: keep going past the grid
         multiples += [multiples[-1] * f for f in _BEYOND_GRID]
+    ratios = {0.0: new_item_recall_ratio(unlifted)}
     for multiple in multiples:
+        if min_recall_ratio > 0 and ratios[max(ratios)] >= min_recall_ratio:
+            break  # multiples ascend, so the last one tried is the smallest that reaches the target
         config.new_item_bias, config.new_item_logit_bias = multiple * dot_scale, multiple * logit_scale
         results[multiple] = evaluate_model(model, data, "valid", max_len, batch_size)
-        if min_recall_ratio > 0 and new_item_recall_ratio(results[multiple]) >= min_recall_ratio:
-            break
+        ratios[multiple] = new_item_recall_ratio(results[multiple])
     if min_recall_ratio > 0:
-        reached = [m for m, r in results.items() if new_item_recall_ratio(r) >= min_recall_ratio]
-        chosen = min(reached) if reached else max(results, key=lambda m: new_item_recall_ratio(results[m]))
+        last = max(ratios)
+        chosen = last if ratios[last] >= min_recall_ratio else max(ratios, key=ratios.get)
     else:
         chosen = max(results, key=lambda m: (results[m].metrics["ndcg@10"], -m))
     config.new_item_bias, config.new_item_logit_bias = chosen * dot_scale, chosen * logit_scale
