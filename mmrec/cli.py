@@ -82,6 +82,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
 
+_NEW_ITEM_RECALL_RATIO_HELP = ("lift new (untrained) items until their users' validation Recall@20 reaches this "
+                               "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from .training import TrainConfig
 
@@ -97,8 +101,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="item signals: any of text,image,id (id alone = a GRU4Rec-style baseline)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.new_item_recall_ratio,
-                        help="lift new (untrained) items until their users' validation Recall@20 reaches this "
-                             "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
+                        help=_NEW_ITEM_RECALL_RATIO_HELP)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -238,8 +241,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="our model's maximum epochs")
     parser.add_argument("--patience", type=int, default=defaults.train.patience)
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
-                        help="lift new (untrained) items until their users' validation Recall@20 reaches this "
-                             "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
+                        help=_NEW_ITEM_RECALL_RATIO_HELP)
     parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
     parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
     parser.add_argument("--reference", type=Path, default=None,
