@@ -262,7 +262,9 @@ def evaluate_model(
     return evaluate(score, data.split, stage, batch_size=batch_size, users=users, max_len=1)
 
 
-_BEYOND_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Factors of the grid's largest multiple tried for an exposure target. Fine steps first: on the cold protocol the
+# warm users' recall falls steeply past the grid (seed 0: 1.25x kept 0.13 Recall@20 where 1.5x kept 0.10).
+_BEYOND_GRID = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 
 
 @torch.no_grad()
