@@ -242,6 +242,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=defaults.train.patience)
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
+                        help="cold protocol: also evaluate our model with the new-item lift chosen on validation for "
+                             f"this cold/warm Recall@20 ratio (0: off; default {defaults.exposure_ratio:g})")
     parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
     parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
     parser.add_argument("--reference", type=Path, default=None,
@@ -266,7 +269,7 @@ def run_report(args: argparse.Namespace) -> int:
         train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False,
                           new_item_recall_ratio=args.new_item_recall_ratio),
         baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
-        device=args.device,
+        device=args.device, exposure_ratio=args.exposure_ratio,
     )
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
     summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,

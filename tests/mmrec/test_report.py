@@ -85,7 +85,18 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     low, high = checks["bootstrap"]["ci95"]
     assert low <= checks["bootstrap"]["mean_diff"] <= high
     assert all(n > 0 for n in checks["cold_protocol"]["n_cold_users"])
+    # the cold protocol also evaluates our trained models with the lift chosen for the exposure target
+    assert "| cold | ours: text+id, lift for cold/warm >= 0.5 | 2 |" in report
+    assert "| cold | ours: id, lift for cold/warm >= 0.5 | 2 |" in report
+    assert "lift for cold/warm" not in report.split("| cold |")[0]  # not in the standard protocol
+    exposure = checks["cold_protocol"]["exposure"]
+    assert exposure["target"] == 0.5 and len(exposure["lifts"]) == 2 and all(lift >= 0 for lift in exposure["lifts"])
     for run in summary.runs:
+        assert ("exposure" in run) == (run["model"] in ("id", "text+id") and run["protocol"] == "cold")
+        if "exposure" in run:
+            assert run["exposure"]["test"]["n"] == run["test"]["n"]
+            if run["exposure"]["lift"] == 0:  # no lift needed: the same ranking as the NDCG@10-chosen lift 0
+                assert run["new_item_bias"] > 0 or run["exposure"]["test"] == run["test"]
         if run["model"] == "pop" and run["protocol"] == "cold":
             assert run["test"]["cold"]["recall@20"] == 0.0  # never-trained items have no popularity
     again = []
@@ -120,3 +131,11 @@ def test_where_a_run_trains_does_not_change_its_fingerprint():
     on_cpu = QualityConfig(device="cpu", threads=2, train=TrainConfig(epochs=60, patience=8, device="cpu"))
     assert _fingerprint(on_gpu) == _fingerprint(on_cpu)
     assert _fingerprint(on_cpu) != _fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
+
+
+def test_the_exposure_target_is_a_setting_runs_depend_on():
+    from mmrec.report import _fingerprint
+
+    assert _fingerprint(QualityConfig(exposure_ratio=0.0)) != _fingerprint(QualityConfig())
+    with pytest.raises(ValueError, match="exposure_ratio"):
+        QualityConfig(exposure_ratio=-0.5)
