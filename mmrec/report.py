@@ -219,6 +219,19 @@ def _label(model: str) -> str:
     return f"ours: {model}" if is_ours(model) else model
 
 
+def _evaluations(runs: list[dict], protocol: str, model: str) -> list[tuple[str, list[tuple[dict, dict]]]]:
+    """A model's rows under a protocol: (label, [(run, evaluation)]), where the evaluation holds the test metrics
+    of the run's default lift or, in a second row, of its exposure lift."""
+    rows = [r for r in runs if r["protocol"] == protocol and r["model"] == model]
+    if not rows:
+        return []
+    evaluations = [(_label(model), [(r, r) for r in rows])]
+    exposed = [(r, r["exposure"]) for r in rows if "exposure" in r]
+    if exposed:
+        evaluations.append((f"{_label(model)}, lift for cold/warm >= {exposed[0][1]['ratio']:g}", exposed))
+    return evaluations
+
+
 def format_table(runs: list[dict], models: tuple[str, ...], protocols: tuple[str, ...]) -> str:
     """Markdown: one row per protocol and model, test metrics warm and cold as mean ± std over seeds."""
     header = ["protocol", "model", "seeds"] + [f"{g} {m}" for g in ("warm", "cold") for m in METRICS]
@@ -226,14 +239,7 @@ def format_table(runs: list[dict], models: tuple[str, ...], protocols: tuple[str
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for protocol in protocols:
         for model in models:
-            rows = [r for r in runs if r["protocol"] == protocol and r["model"] == model]
-            if not rows:
-                continue
-            evaluations = [(_label(model), [(r, r) for r in rows])]
-            exposed = [(r, r["exposure"]) for r in rows if "exposure" in r]
-            if exposed:
-                evaluations.append((f"{_label(model)}, lift for cold/warm >= {exposed[0][1]['ratio']:g}", exposed))
-            for label, pairs in evaluations:
+            for label, pairs in _evaluations(runs, protocol, model):
                 cells = [protocol, label, str(len(pairs))]
                 for group in ("warm", "cold"):
                     cells += [_cell(_mean_std([e["test"][group][m] for _, e in pairs])) for m in METRICS]
@@ -362,16 +368,16 @@ def _plots(runs: list[dict], config: QualityConfig, out: Path) -> list[Path]:
     files = []
     models = [m for m in config.models if any(r["model"] == m for r in runs)]
     fig, axes = plt.subplots(len(config.protocols), 2, figsize=(12, 4 * len(config.protocols)), squeeze=False)
-    x = np.arange(len(models))
     for row, protocol in enumerate(config.protocols):
+        bars = [e for m in models for e in _evaluations(runs, protocol, m)]
+        x = np.arange(len(bars))
         for col, metric in enumerate(("ndcg@10", "recall@20")):
             ax = axes[row][col]
             for shift, group in ((-0.2, "warm"), (0.2, "cold")):
-                stats = [_mean_std([r["test"][group][metric] for r in runs
-                                    if r["model"] == m and r["protocol"] == protocol]) for m in models]
+                stats = [_mean_std([e["test"][group][metric] for _, e in pairs]) for _, pairs in bars]
                 ax.bar(x + shift, [s[0] if s else 0 for s in stats], 0.4, yerr=[s[1] if s else 0 for s in stats],
                        label=group, capsize=3)
-            ax.set_xticks(x, [_label(m) for m in models], rotation=30, ha="right", fontsize=8)
+            ax.set_xticks(x, [label for label, _ in bars], rotation=30, ha="right", fontsize=8)
             ax.set_title(f"{protocol} protocol: test {metric} (mean ± std over seeds)")
             ax.legend()
     fig.tight_layout()
