@@ -282,6 +282,15 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def _cold_warm_recall(evaluations: list[dict]) -> dict[str, float] | None:
+    """Mean warm and cold test Recall@20 over runs (or their exposure evaluations), and cold over warm; ``None``
+    when either group is empty in every run."""
+    warm, cold = (_mean_std([e["test"][g]["recall@20"] for e in evaluations]) for g in ("warm", "cold"))
+    if not (warm and cold):
+        return None
+    return {"warm_recall@20": warm[0], "cold_recall@20": cold[0], "ratio": _ratio(cold[0], warm[0])}
+
+
 def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float] | None) -> dict:
     """Win ratio, paired bootstrap and cold/warm ratio for ``config.ours`` (standard and cold protocol)."""
     checks: dict = {"ours": config.ours}
@@ -308,18 +317,13 @@ def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float]
                 checks["best_reference"] = {"model": ref_best, "ndcg@10": sequential[ref_best],
                                             "ratio": _ratio(ours_mean, sequential[ref_best])}
     cold_runs = [r for r in runs if r["protocol"] == "cold" and r["model"] == config.ours]
-    warm = _mean_std([r["test"]["warm"]["recall@20"] for r in cold_runs])
-    cold = _mean_std([r["test"]["cold"]["recall@20"] for r in cold_runs])
-    if warm and cold:
-        checks["cold_protocol"] = {"warm_recall@20": warm[0], "cold_recall@20": cold[0],
-                                   "ratio": _ratio(cold[0], warm[0]),
-                                   "n_cold_users": [r["test"]["n"]["cold"] for r in cold_runs]}
+    recall = _cold_warm_recall(cold_runs)
+    if recall:
+        checks["cold_protocol"] = {**recall, "n_cold_users": [r["test"]["n"]["cold"] for r in cold_runs]}
         exposed = [r["exposure"] for r in cold_runs if "exposure" in r]
         if len(exposed) == len(cold_runs):
-            warm, cold = (float(np.mean([e["test"][g]["recall@20"] for e in exposed])) for g in ("warm", "cold"))
             checks["cold_protocol"]["exposure"] = {
-                "target": exposed[0]["ratio"], "lifts": [e["lift"] for e in exposed], "warm_recall@20": warm,
-                "cold_recall@20": cold, "ratio": _ratio(cold, warm),
+                "target": exposed[0]["ratio"], "lifts": [e["lift"] for e in exposed], **_cold_warm_recall(exposed),
                 "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in exposed])),
                 "default_ndcg@10": float(np.mean([r["test"]["all"]["ndcg@10"] for r in cold_runs]))}
     return checks
