@@ -74,7 +74,10 @@ class QualityConfig:
         protocols: subset of :data:`PROTOCOLS`.
         ours: the variant the win and the bootstrap are computed for.
         hold_out: share of rated items removed from training in the ``cold`` protocol.
-        train: our model's training options (epochs, patience...); its ``seed`` is replaced per run.
+        train: our model's training options (epochs, patience...); its ``seed`` is replaced per run. Patience 20:
+            the content models' validation NDCG@10 plateaus for 10-20 epochs before it climbs again; on
+            ml-latest-small it raised text + image + ID's mean validation NDCG@10 (seeds 0-2) from 0.0766 with
+            patience 8 to 0.0835 (best epochs 45, 50, 90).
         baseline_epochs / baseline_patience: the baselines' early stopping (GRU4Rec plateaus for ~15 epochs).
         bootstrap_resamples: paired bootstrap over test users.
         threads: torch CPU threads (``None``: torch's default).
@@ -89,7 +92,7 @@ class QualityConfig:
     protocols: tuple[str, ...] = PROTOCOLS
     ours: str = "text+image+id"
     hold_out: float = 0.1
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, patience=8, show_progress=False))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=120, patience=20, show_progress=False))
     baseline_epochs: int = 200
     baseline_patience: int = 30
     bootstrap_resamples: int = 10_000
