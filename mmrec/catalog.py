@@ -8,6 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from .data import read_csv_strict
 from .encoders.preprocess import CleanConfig, clean_text
 
 __all__ = ["CatalogRow", "read_table", "read_catalog", "compose_text"]
@@ -40,7 +41,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"catalogue file not found: {path}")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if suffix in {".csv", ".csv.gz", ".tsv"}:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+        return read_csv_strict(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
     if suffix in {".jsonl", ".ndjson", ".jsonl.gz", ".json"}:
         frame = pd.read_json(path, lines=suffix != ".json", dtype=False)
     elif suffix in {".parquet", ".pq"}:

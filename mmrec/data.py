@@ -24,7 +24,10 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import csv
 import dataclasses
+import gzip
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -84,10 +87,37 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
     if any(s in (".jsonl", ".ndjson", ".json") for s in suffixes):
         return pd.read_json(path, lines=True, dtype=False)
     if ".tsv" in suffixes:
-        return pd.read_csv(path, sep="\t", **text_kwargs)
+        return read_csv_strict(path, sep="\t", **text_kwargs)
     if ".csv" in suffixes or ".txt" in suffixes:
-        return pd.read_csv(path, **text_kwargs)
+        return read_csv_strict(path, **text_kwargs)
     raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .parquet or .jsonl")
+
+
+def read_csv_strict(path: Path, sep: str = ",", **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` that refuses a data row with more fields than the header, naming its line.
+
+    pandas reads extra fields in the first data row as a row index, which silently shifts every column by one (an
+    item's title becomes its id); later rows with extra fields already fail.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, sep=sep, index_col=False, **kwargs)
+        except pd.errors.ParserWarning:
+            raise ValueError(f"{path}: {_first_long_row(path, sep)}; quote fields that contain {sep!r}") from None
+        except pd.errors.ParserError as exc:
+            raise ValueError(f"{path}: {exc}".strip()) from None
+
+
+def _first_long_row(path: Path, sep: str) -> str:
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
+        rows = csv.reader(handle, delimiter=sep)
+        width = len(next(rows, []))
+        for row in rows:
+            if len(row) > width:
+                return f"line {rows.line_num} has {len(row)} fields but the header has {width}"
+    return f"a row has more fields than the header's {width}"
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -97,7 +127,13 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> Non
 
 
 def _first_rows(mask: np.ndarray) -> list[int]:
+    """Positions (0-based) of the first offending rows; messages show them as data rows counted from 1."""
     return np.flatnonzero(mask)[:_MAX_LISTED].tolist()
+
+
+def _row_numbers(rows: list[int]) -> list[int]:
+    """Data-row numbers as a user counts them (the header is not a row), matching the catalogue's messages."""
+    return [r + 1 for r in rows]
 
 
 def _id_strings(column: pd.Series, name: str) -> np.ndarray:
@@ -108,7 +144,8 @@ def _id_strings(column: pd.Series, name: str) -> np.ndarray:
     missing = column.isna().to_numpy()
     if missing.any():
         rows = _first_rows(missing)
-        raise ValueError(f"{name}: missing value in {int(missing.sum())} row(s), first rows {rows}")
+        raise ValueError(
+            f"{name}: missing value in {int(missing.sum())} row(s), first data rows {_row_numbers(rows)}")
     if pd.api.types.is_float_dtype(column.dtype):
         values = column.to_numpy(dtype=np.float64)
         if np.all(values == np.round(values)):
@@ -132,12 +169,13 @@ def _timestamps(column: pd.Series) -> np.ndarray:
         parsed = pd.to_datetime(column, utc=True, errors="coerce", format="mixed")
         bad = parsed.isna().to_numpy()
     else:
-        bad = ~np.isfinite(numeric)
+        # Beyond int64 the cast below would wrap to a meaningless time instead of failing.
+        bad = ~(np.abs(numeric) < 2.0**63)
     if bad.any():
         rows = _first_rows(bad)
-        kind = "dates" if numeric is None else "finite numbers"
+        kind = "dates" if numeric is None else "finite numbers within the int64 range"
         raise ValueError(
-            f"timestamp: {int(bad.sum())} row(s) are missing or not {kind}, first rows {rows} "
+            f"timestamp: {int(bad.sum())} row(s) are missing or not {kind}, first data rows {_row_numbers(rows)} "
             f"(values {[column.iloc[r] for r in rows[:3]]})"
         )
     if numeric is None:
@@ -329,7 +367,7 @@ def _event_codes(df: pd.DataFrame, event_vocab: Sequence[str] | None) -> tuple[n
         rows = _first_rows(unknown)
         raise ValueError(
             f"event: unknown event name(s) {pd.unique(values[unknown])[:_MAX_LISTED].tolist()} "
-            f"(first rows {rows}); known events: {list(names)}"
+            f"(first data rows {_row_numbers(rows)}); known events: {list(names)}"
         )
     return codes.astype(np.int64), names
 
@@ -373,7 +411,7 @@ def load_interactions(
     if unknown.any():
         if unknown_items == "error":
             rows = _first_rows(unknown)
-            pairs = ", ".join(f"row {r} (item_id {item_strings[r]!r})" for r in rows)
+            pairs = ", ".join(f"data row {r + 1} (item_id {item_strings[r]!r})" for r in rows)
             raise ValueError(
                 f"item_id: {int(unknown.sum())} row(s) name items that are not in the catalogue: {pairs}"
                 " — pass unknown_items='drop' to skip them"

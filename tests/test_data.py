@@ -79,9 +79,22 @@ def test_event_vocabulary():
         load_interactions(df, CATALOG, event_vocab=["click", "view"])
 
 
+def test_extra_field_in_first_row_is_an_error_not_a_shifted_table(tmp_path):
+    # pandas would read the extra field as an index and shift every column: user "1" would become item "1"
+    path = tmp_path / "interactions.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,10,EXTRA\n1,9,11\n")
+    with pytest.raises(ValueError, match=r"line 2 has 4 fields but the header has 3"):
+        ItemIndex.from_catalog(path, id_column="user_id")
+    with pytest.raises(ValueError, match=r"line 2 has 4 fields but the header has 3"):
+        load_interactions(path, CATALOG)
+    path.write_text("user_id,item_id,timestamp\n1,2,10\n1,9,11,EXTRA\n")
+    with pytest.raises(ValueError, match=r"interactions.csv: .*line 3"):
+        load_interactions(path, CATALOG)
+
+
 def test_unknown_item_names_row_and_id():
     df = _frame([("1", "1", 1), ("1", "2", 2), ("1", "999", 3)])
-    with pytest.raises(ValueError, match=r"row 2 \(item_id '999'\)"):
+    with pytest.raises(ValueError, match=r"data row 3 \(item_id '999'\)"):
         load_interactions(df, CATALOG)
     inter = load_interactions(df, CATALOG, unknown_items="drop")
     assert len(inter) == 2 and inter.n_dropped == 1
@@ -90,9 +103,11 @@ def test_unknown_item_names_row_and_id():
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([("1", "1", 1), (None, "2", 2)], r"user_id: missing value in 1 row\(s\), first rows \[1\]"),
-        ([("1", "1", 1), ("1", "2", "soon")], r"timestamp: .*first rows \[1\]"),
-        ([("1", "1", 1), ("1", "2", None), ("1", "9", 3)], r"timestamp: .*first rows \[1\]"),
+        ([("1", "1", 1), (None, "2", 2)], r"user_id: missing value in 1 row\(s\), first data rows \[2\]"),
+        ([("1", "1", 1), ("1", "2", "soon")], r"timestamp: .*first data rows \[2\]"),
+        ([("1", "1", 1), ("1", "2", None), ("1", "9", 3)], r"timestamp: .*first data rows \[2\]"),
+        # would wrap to a negative int64 time if cast unchecked
+        ([("1", "1", 1), ("1", "2", 1e30), ("1", "9", float("inf"))], r"timestamp: 2 row.*first data rows \[2, 3\]"),
     ],
 )
 def test_bad_rows_are_named(rows, message):

@@ -1,0 +1,23 @@
+"""Reading catalogues: rows that do not fit the header are errors naming the line, never a shifted table."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmrec.catalog import read_catalog
+
+
+def test_extra_field_in_first_row_names_the_line(tmp_path):
+    # pandas alone would take item_id as a row index and make the titles the ids, then exit happily
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title,genres\n1,Toy Story (1995),Animation|Comedy,EXTRA\n2,Jumanji (1995),Adventure\n")
+    with pytest.raises(ValueError, match=r"items.csv: line 2 has 4 fields but the header has 3; quote fields"):
+        read_catalog(path)
+
+
+def test_quoted_separator_is_one_field(tmp_path):
+    path = tmp_path / "items.tsv"
+    path.write_text('item_id\ttitle\n1\t"Toy\tStory"\n2\tJumanji\n')
+    rows = read_catalog(path)
+    assert [(r.item_id, r.row) for r in rows] == [("1", 1), ("2", 2)]
+    assert rows[0].title.split() == ["Toy", "Story"]
