@@ -603,12 +603,17 @@ def leave_one_out(inter: Interactions, min_interactions: int = 5) -> Split:
 
     Each kept user's last interaction is the test target, the second last the validation target, the rest
     training (RecBole ``LS: valid_and_test, order: TO``). ``min_interactions`` must be at least 3 so every kept
-    user has a non-empty training part.
+    user has a non-empty training part. Raises ``ValueError`` when no user has that many.
     """
     if min_interactions < 3:
         raise ValueError(f"min_interactions: must be >= 3 (train, valid and test), got {min_interactions}")
     lengths = inter.lengths
     kept = np.flatnonzero(lengths >= min_interactions).astype(np.int64)
+    if len(kept) == 0:
+        longest = int(lengths.max()) if len(lengths) else 0
+        raise ValueError(
+            f"leave_one_out: no user has {min_interactions} or more interactions ({len(lengths)} users, the longest "
+            f"history has {longest}), so there is nothing to train or evaluate on")
     ends = inter.offsets[kept + 1]
     all_rows = Sequences(inter.offsets, inter.item, inter.timestamp, inter.event).take(kept)
     train_len = lengths[kept] - 2

@@ -92,6 +92,12 @@ def test_extra_field_in_first_row_is_an_error_not_a_shifted_table(tmp_path):
         load_interactions(path, CATALOG)
 
 
+def test_no_user_long_enough_is_a_clear_error():
+    inter = load_interactions(_frame([("1", "1", 1), ("1", "2", 2), ("2", "9", 3)]), CATALOG)
+    with pytest.raises(ValueError, match=r"no user has 5 or more interactions \(2 users, the longest history has 2\)"):
+        leave_one_out(inter)
+
+
 def test_unknown_item_names_row_and_id():
     df = _frame([("1", "1", 1), ("1", "2", 2), ("1", "999", 3)])
     with pytest.raises(ValueError, match=r"data row 3 \(item_id '999'\)"):
