@@ -7,12 +7,14 @@ used for real-time interest updates. Weights save as safetensors with a JSON con
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -269,13 +271,15 @@ class MultimodalRecommender(nn.Module):
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict) -> None:
-        """``model.safetensors`` + ``config.json`` (the model config and ``extra``: item ids, event vocabulary,
-        encoder versions...). Written to temporary names and renamed, so a crash never leaves half a model."""
+        """``model.safetensors`` + ``config.json`` (the model config, the weights' SHA-256 and ``extra``: item ids,
+        event vocabulary, encoder versions...). Each is written to a temporary name and renamed; a crash between
+        the two renames leaves new weights beside the old config, which :meth:`load` detects by the hash."""
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
         save_file(tensors, str(tmp_weights))
-        tmp_config.write_text(json.dumps({"model": self.config.to_dict(), **extra}, indent=2))
+        meta = {"model": self.config.to_dict(), "weights_sha256": _sha256(tmp_weights), **extra}
+        tmp_config.write_text(json.dumps(meta, indent=2))
         tmp_weights.replace(folder / "model.safetensors")
         tmp_config.replace(folder / "config.json")
 
@@ -284,9 +288,29 @@ class MultimodalRecommender(nn.Module):
         config_path, weights_path = folder / "config.json", folder / "model.safetensors"
         if not config_path.is_file() or not weights_path.is_file():
             raise ModelLoadError(f"no trained model in {folder} (run `mmrec train` first)")
-        meta = json.loads(config_path.read_text())
-        tensors = load_file(str(weights_path))
-        model = cls(ModelConfig.from_dict(meta["model"]))
-        model.load_state_dict(tensors)
+        try:
+            meta = json.loads(config_path.read_text())
+            config = ModelConfig.from_dict(meta["model"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{config_path} is not a model config ({exc!r}); retrain with `mmrec train`") from None
+        # Models saved before the hash was recorded have none; they load unchecked.
+        expected = meta.get("weights_sha256")
+        if expected is not None and _sha256(weights_path) != expected:
+            raise ModelLoadError(
+                f"{weights_path} does not belong to {config_path} (a save was interrupted between the two files?); "
+                "retrain with `mmrec train`")
+        model = cls(config)
+        try:
+            model.load_state_dict(load_file(str(weights_path)))
+        except (RuntimeError, OSError, SafetensorError) as exc:
+            raise ModelLoadError(f"{weights_path} does not fit {config_path}: {exc}") from None
         model.eval()
         return model, meta
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

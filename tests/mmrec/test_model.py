@@ -1,9 +1,12 @@
-"""The recommender's training objective: which parts of the network each loss trains."""
+"""The recommender's training objective (which parts of the network each loss trains) and its saved files."""
 
+import json
+
+import pytest
 import torch
 
 from mmrec.fusion import FusionConfig
-from mmrec.model import ItemFeatures, ModelConfig, MultimodalRecommender
+from mmrec.model import ItemFeatures, ModelConfig, ModelLoadError, MultimodalRecommender
 
 
 def _features(n: int = 40) -> ItemFeatures:
@@ -99,3 +102,42 @@ def test_new_item_bias_lifts_only_items_never_seen_in_training():
     lifted = model.full_sort_scores(batch, vectors, new_items=new)
     assert torch.allclose(lifted[:, new], plain[:, new] + 2.5)
     assert torch.equal(lifted[:, ~new], plain[:, ~new])
+
+
+def _small(n_items: int) -> MultimodalRecommender:
+    return MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=n_items)))
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = _small(40).eval()
+    model.save(tmp_path, {"item_ids": ["1", "2"]})
+    loaded, meta = MultimodalRecommender.load(tmp_path)
+    assert meta["item_ids"] == ["1", "2"]
+    features = _features()
+    with torch.no_grad():
+        assert torch.equal(model.item_vectors(features), loaded.item_vectors(features))
+
+
+def test_weights_from_another_save_are_refused_not_half_loaded(tmp_path):
+    # what a crash between the two renames leaves: the new model's weights beside the old model's config
+    _small(40).save(tmp_path / "old", {})
+    _small(65).save(tmp_path / "new", {})
+    (tmp_path / "new" / "model.safetensors").replace(tmp_path / "old" / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="does not belong to"):
+        MultimodalRecommender.load(tmp_path / "old")
+
+
+def test_unreadable_files_are_model_load_errors(tmp_path):
+    _small(40).save(tmp_path, {})
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="does not belong to"):
+        MultimodalRecommender.load(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["weights_sha256"]  # as saved before the hash existed: the file itself must still be checked
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        MultimodalRecommender.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="is not a model config"):
+        MultimodalRecommender.load(tmp_path)
