@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -199,12 +200,34 @@ def _fingerprint(config: QualityConfig) -> str:
 def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]:
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 run = json.loads(line)
-                if run.get("fingerprint") == fingerprint:
-                    runs[(run["protocol"], run["model"], run["seed"])] = run
+            except json.JSONDecodeError:
+                # a write cut short by a crash or kill: that run is simply trained again
+                log.warning("%s line %d is not a complete run; ignoring it (the run will be repeated)", path, number)
+                continue
+            if run.get("fingerprint") == fingerprint:
+                runs[(run["protocol"], run["model"], run["seed"])] = run
     return runs
+
+
+def _append_run(path: Path, run: dict) -> None:
+    """Append one run as one ``write`` on an ``O_APPEND`` descriptor, on a line of its own: reports sharing the
+    file (one per shard) do not interleave their lines, and a line cut short earlier spoils only itself."""
+    line = (json.dumps(run) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size:
+            with path.open("rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                if existing.read(1) != b"\n":
+                    line = b"\n" + line
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def _mean_std(values: list[float | None]) -> tuple[float, float] | None:
@@ -445,8 +468,7 @@ def run_report(
                     result = (_run_baseline if model in BASELINES else _run_ours)(model, data, seed, config)
                     run = {"protocol": protocol, "model": model, "seed": seed, "fingerprint": fingerprint, **result,
                            "wall_seconds": time.perf_counter() - tick}
-                    with runs_path.open("a") as f:
-                        f.write(json.dumps(run) + "\n")
+                    _append_run(runs_path, run)
                     done[(protocol, model, seed)] = run
                     if on_run:
                         on_run(run)

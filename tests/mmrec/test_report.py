@@ -103,6 +103,15 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     run_report(store, slice_store / "interactions.csv", tmp_path, config, slice_store / "tags.csv",
                on_run=again.append)
     assert again == []  # every run reused from runs.jsonl
+    runs_file = tmp_path / "runs.jsonl"
+    runs_file.write_bytes(runs_file.read_bytes()[:-200])  # killed while writing the last run
+    run_report(store, slice_store / "interactions.csv", tmp_path, config, slice_store / "tags.csv",
+               on_run=again.append)
+    assert len(again) == 1  # only the run cut short is trained again
+    lines = runs_file.read_text().splitlines()
+    assert json.loads(lines[-1])["seed"] == again[0]["seed"]  # appended on a line of its own
+    assert sum(1 for line in lines if not line.endswith("}")) == 1
+    again.clear()
     rebuilt = run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
         models=("pop", "id", "text+id", "bpr"), seeds=(0, 1), ours="text+id", train=config.train,
         bootstrap_resamples=200), slice_store / "tags.csv", on_run=again.append, train=False)
