@@ -35,7 +35,8 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-root", type=Path, default=None,
                         help="folder image_path is relative to (default: the catalogue's folder)")
     parser.add_argument("--text-columns", type=_csv_list, default=None,
-                        help="comma-separated columns joined into item text (default: all but item_id/image_path)")
+                        help="comma-separated columns joined into item text (default: all but image_path and ids: "
+                             "item_id and *_id columns)")
     parser.add_argument("--no-images", action="store_true", help="embed text only, ignore image_path")
     parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
     parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")

@@ -100,7 +100,7 @@ class MultimodalRecommender(nn.Module):
     """Fusion + interest GRU + scorer.
 
     Shapes: ``item_vectors(features) -> (N, D)``; ``interests(batch, V) -> (B, D)`` for the state after each row's
-    last event; ``full_sort_scores(batch, V) -> (B, N)``; ``loss(batch, features) -> scalar``.
+    last event; ``full_sort_scores(batch, V) -> (B, N)``; ``loss(batch, features) -> (scalar, {part: float})``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
