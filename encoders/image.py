@@ -50,7 +50,9 @@ def load_image(source: _ImageSource, image_size: int = 224) -> torch.Tensor:
 
     Greyscale, palette, CMYK and RGBA images are converted to RGB (transparency composited on white), EXIF
     rotation is applied, the shorter side is resized to ``S / 0.875`` and the centre ``S x S`` is cropped, as in
-    ImageNet evaluation. Raises ``OSError``/``ValueError`` for a missing or undecodable file.
+    ImageNet evaluation. Raises ``OSError``/``ValueError`` for a missing or undecodable file, and PIL's
+    ``Image.DecompressionBombError`` for one of more than twice ``Image.MAX_IMAGE_PIXELS`` pixels (its
+    ``DecompressionBombWarning``, issued from once that limit, is raised too where warnings are errors).
     """
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(handle) as image:
@@ -108,7 +110,7 @@ class ImageBatchResult:
     """Features for the images that decoded, and why the others did not.
 
     ``features`` is ``(N, 1280)`` float32 with zero rows where ``ok`` is False; ``errors`` maps an input position
-    to a one-line reason (missing file, not an image, truncated...).
+    to a one-line reason (missing file, not an image, truncated, too many pixels...).
     """
 
     features: np.ndarray
@@ -186,8 +188,12 @@ class ImageEncoder:
             return load_image(source, self.config.image_size)
         except FileNotFoundError:
             return f"missing file: {source}"
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            return f"unreadable image ({type(error).__name__}: {error})"
+        # An oversized image is one bad file like any other, not a reason to abort the batch; the bomb classes
+        # derive from neither OSError nor ValueError, so they are named here.
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as error:
+            where = "" if isinstance(source, bytes) else f" {source}"
+            return f"unreadable image{where} ({type(error).__name__}: {error})"
 
     def _decoded_batches(self, sources: Sequence[_ImageSource]) -> Iterator[tuple[int, list]]:
         """Yield ``(start, decoded)`` per batch, decoding the next batch in threads while the caller runs the CNN."""
@@ -203,7 +209,8 @@ class ImageEncoder:
                 yield pending[0], [f.result() for f in pending[1]]
 
     def encode_paths(self, sources: Sequence[_ImageSource], show_progress: bool | None = None) -> ImageBatchResult:
-        """Decode and embed image files (paths or raw bytes). A bad file is reported in ``errors``, never raised."""
+        """Decode and embed image files (paths or raw bytes). A bad file (missing, undecodable, or larger than PIL's
+        ``Image.MAX_IMAGE_PIXELS`` decompression-bomb limit) is reported in ``errors``, never raised."""
         n = len(sources)
         features = np.zeros((n, self.dim), dtype=np.float32)
         ok = np.zeros(n, dtype=bool)

@@ -25,13 +25,17 @@ def default_text_columns(columns: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class CatalogRow:
-    """One catalogue item: ``text`` is cleaned (may be ``""``), ``image`` is a resolved path or ``None``."""
+    """One catalogue item: ``text`` is cleaned (may be ``""``), ``image`` is a resolved path or ``None``.
+
+    ``image_listed`` is False when the row says nothing about images (no ``image_path`` column, or images are off),
+    as opposed to an empty ``image_path``, which says the item has no image."""
 
     row: int
     item_id: str
     title: str
     text: str
     image: Path | None
+    image_listed: bool = True
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -127,6 +131,7 @@ def read_catalog(
                 title=clean_text(fields[text_columns[0]]) if text_columns else "",
                 text=compose_text(fields),
                 image=(root / image) if image else None,
+                image_listed=has_images,
             )
         )
     return rows

@@ -37,7 +37,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-columns", type=_csv_list, default=None,
                         help="comma-separated columns joined into item text (default: all but image_path and ids: "
                              "item_id and *_id columns)")
-    parser.add_argument("--no-images", action="store_true", help="embed text only, ignore image_path")
+    parser.add_argument("--no-images", action="store_true", help="refresh text only: ignore image_path, keep the image features already stored")
     parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
     parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
@@ -65,7 +65,8 @@ def run_embed(args: argparse.Namespace) -> int:
         print(f"rejected: item {rejected['item_id']} (row {rejected['row']}): {rejected['reason']}", file=sys.stderr)
     print(
         f"embedded {report.embedded}, unchanged {report.unchanged}, text-only {report.text_only}, "
-        f"image-only {report.image_only}, rejected {len(report.rejected)} -> {args.store}"
+        f"image-only {report.image_only}, rejected {len(report.rejected)}, stored images kept {report.images_kept}, "
+        f"removed {report.images_removed} -> {args.store}"
     )
     if args.json:
         _print_json_last(report.to_dict())

@@ -4,6 +4,12 @@ Change detection is per modality: ``text_hash = sha256(text encoder version, cle
 ``image_hash = sha256(image encoder version, image file bytes)``. An item whose hashes match what is stored is
 not touched; an item whose text alone changed gets only its text re-encoded. Work is committed in chunks, one
 SQLite transaction each, so an interrupted run loses at most the chunk in flight.
+
+Stored image features are removed only when the catalogue says so: a row whose ``image_path`` is empty describes an
+item without an image. A run with images off, or on a catalogue without an ``image_path`` column, leaves every
+stored image as it is, and an image that cannot be used in this run (file missing or unreadable, undecodable, too many pixels)
+keeps the stored features it would have replaced, with a warning; only an item the store holds no image for falls
+back to text-only.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .catalog import CatalogRow, read_catalog
@@ -30,7 +37,8 @@ class EmbedConfig:
     Attributes:
         text_columns: catalogue columns joined into item text (default: all but ``item_id``/``image_path``).
         images_root: folder that ``image_path`` values are relative to (default: the catalogue's folder).
-        use_images: ``False`` embeds text only and ignores ``image_path``.
+        use_images: ``False`` embeds text only and ignores ``image_path``; image features already stored (and their
+            hashes) are kept as they are.
         chunk_size: items encoded and committed per transaction.
         text: text encoder options.  image: image encoder options.
         show_progress: progress bar over items (``None``: when more than 500 items).
@@ -51,14 +59,24 @@ class EmbedConfig:
 
 @dataclass
 class EmbedReport:
-    """What a run did. ``text_only``/``image_only`` count catalogue items stored with one modality after the run;
-    ``rejected`` items (no text and no usable image) were not stored; ``warnings`` name items whose image failed
-    and which were stored text-only instead."""
+    """What a run did.
+
+    ``embedded`` items were written, ``unchanged`` ones were already current (together with ``rejected``, every
+    catalogue row). ``text_only``/``image_only`` count catalogue items stored with one modality after the run.
+    ``rejected`` items (no text and no usable image) were not stored, and whatever the store held for them stays.
+    ``warnings`` name items whose catalogued image could not be used in this run, with the file and the reason:
+    either the store held no image for the item, which was stored text-only (reported when the item is written), or
+    it held one, which was kept (reported on every run until the file is usable or the catalogue row drops it).
+    ``images_kept`` counts the latter; ``images_removed`` counts items whose stored image was deleted because their
+    catalogue row no longer lists one.
+    """
 
     embedded: int = 0
     unchanged: int = 0
     text_only: int = 0
     image_only: int = 0
+    images_kept: int = 0
+    images_removed: int = 0
     rejected: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
 
@@ -95,6 +113,7 @@ def embed_catalog(
     """Embed the new or changed items of ``catalog`` into ``store`` and report what happened.
 
     Encoders may be passed in to reuse loaded models across calls; otherwise they are built from ``config``.
+    Stored image features survive runs with images off and images that fail in this run (see the module docstring).
     Raises ``ValueError`` for an invalid catalogue (missing ``item_id`` column, duplicate ids...) before
     anything is written.
     """
@@ -125,6 +144,61 @@ def embed_catalog(
     return report
 
 
+@dataclass
+class _Plan:
+    """What one catalogue row should leave in the store."""
+
+    row: CatalogRow
+    text_hash: str | None
+    image_hash: str | None = None
+    image_ref: str | None = None
+    new_image: bytes | None = None  # bytes to encode in this run
+    kept_image: bool = False  # the stored image (features, hash and reference) stays as it is
+    problem: str | None = None  # why the catalogued image is unusable, for an item the store has no image for
+
+
+def _keep_stored_image(plan: _Plan, stored_hash: str | None, report: EmbedReport, problem: str | None) -> None:
+    """Let ``plan`` carry the stored image over; ``problem`` (none when images are off) is warned and counted."""
+    plan.image_hash, plan.new_image, plan.kept_image = stored_hash, None, True
+    if problem:
+        report.images_kept += 1
+        report.warnings.append({"item_id": plan.row.item_id, "row": plan.row.row,
+                                "reason": f"{problem}; kept the stored image features"})
+
+
+def _plan_row(
+    row: CatalogRow,
+    text_version: str,
+    image_version: str | None,
+    stored_hashes: dict[str, tuple[str | None, str | None]],
+    stored_modalities: dict[str, set[str]],
+    report: EmbedReport,
+) -> _Plan | None:
+    """Decide what ``row`` should become before anything is encoded (``image_version=None``: images are off).
+
+    Returns ``None`` for a rejected row (no text and no image to store)."""
+    plan = _Plan(row, _digest(text_version, row.text) if row.text else None)
+    stored_hash = stored_hashes.get(row.item_id, (None, None))[1]
+    has_image = "image" in stored_modalities.get(row.item_id, ())
+    if image_version is None or not row.image_listed:
+        if has_image:
+            _keep_stored_image(plan, stored_hash, report, None)
+    elif row.image is not None:
+        image_bytes, problem = _read_image(row.image)
+        if image_bytes is not None:
+            plan.image_hash, plan.image_ref = _digest(image_version, image_bytes), str(row.image)
+            plan.new_image = image_bytes
+        elif has_image:
+            _keep_stored_image(plan, stored_hash, report, problem)
+        else:
+            plan.problem = problem
+    if not row.text and plan.image_hash is None:
+        reason = "no text and no image" + (f" ({plan.problem})" if plan.problem else "")
+        report.rejected.append({"item_id": row.item_id, "row": row.row, "reason": reason})
+        return None
+    return plan
+
+
 def _embed_chunk(
     chunk: list[CatalogRow],
     store: Store,
@@ -134,63 +208,75 @@ def _embed_chunk(
     stored_modalities: dict[str, set[str]],
     report: EmbedReport,
 ) -> None:
-    image_version = image_encoder.version if image_encoder is not None else ""
-    plans = []  # (row, text_hash, image_hash, image_bytes, image_problem)
+    """Plan, encode and commit one chunk of rows (one transaction), updating the stored-state maps in place."""
+    image_version = image_encoder.version if image_encoder is not None else None
+    plans: list[_Plan] = []
     for row in chunk:
-        image_bytes, problem = _read_image(row.image) if image_encoder is not None else (None, None)
-        text_hash = _digest(text_encoder.version, row.text) if row.text else None
-        image_hash = _digest(image_version, image_bytes) if image_bytes is not None else None
-        if not row.text and image_bytes is None:
-            reason = "no text and no image" + (f" ({problem})" if problem else "")
-            report.rejected.append({"item_id": row.item_id, "row": row.row, "reason": reason})
+        plan = _plan_row(row, text_encoder.version, image_version, stored_hashes, stored_modalities, report)
+        if plan is None:
             continue
-        if stored_hashes.get(row.item_id) == (text_hash, image_hash):
+        if stored_hashes.get(row.item_id) == (plan.text_hash, plan.image_hash):
             report.unchanged += 1
             continue
-        if problem:
-            report.warnings.append({"item_id": row.item_id, "row": row.row, "reason": problem + "; stored text-only"})
-        plans.append((row, text_hash, image_hash, image_bytes))
+        plans.append(plan)
     if not plans:
         return
 
-    old = stored_hashes
-    need_text = [p for p in plans if p[1] and old.get(p[0].item_id, (None, None))[0] != p[1]]
-    need_image = [p for p in plans if p[2] and old.get(p[0].item_id, (None, None))[1] != p[2]]
-    ids = [p[0].item_id for p in plans]
-    # Unchanged modalities of changed items are carried over from the store instead of re-encoded.
-    text_features = {k: v for k, v in store.features_for("text", ids).items() if old[k][0] is not None}
-    image_features = {k: v for k, v in store.features_for("image", ids).items() if old[k][1] is not None}
+    ids = [p.row.item_id for p in plans]
+    stored_text = store.features_for("text", ids)
+    stored_image = store.features_for("image", ids)
+    # A modality whose hash matches the stored one is carried over from the store instead of re-encoded.
+    text_features: dict[str, tuple[str, np.ndarray]] = {}
+    image_features: dict[str, tuple[str, np.ndarray]] = {}
+    for p in plans:
+        old_text, old_image = stored_hashes.get(p.row.item_id, (None, None))
+        if p.text_hash is not None and p.text_hash == old_text and p.row.item_id in stored_text:
+            text_features[p.row.item_id] = stored_text[p.row.item_id]
+        if p.image_hash is not None and p.image_hash == old_image and p.row.item_id in stored_image:
+            image_features[p.row.item_id] = stored_image[p.row.item_id]
+    need_text = [p for p in plans if p.text_hash is not None and p.row.item_id not in text_features]
+    # An image hash stored without features marks a file that failed before: it is not retried until it changes.
+    need_image = [
+        p for p in plans
+        if p.new_image is not None and p.image_hash != stored_hashes.get(p.row.item_id, (None, None))[1]
+    ]
     if need_text:
-        vectors = text_encoder.encode([p[0].text for p in need_text], show_progress=False)
-        text_features.update({p[0].item_id: (text_encoder.version, v) for p, v in zip(need_text, vectors)})
+        vectors = text_encoder.encode([p.row.text for p in need_text], show_progress=False)
+        text_features.update({p.row.item_id: (text_encoder.version, v) for p, v in zip(need_text, vectors)})
     if need_image:
-        result = image_encoder.encode_paths([p[3] for p in need_image], show_progress=False)
+        result = image_encoder.encode_paths([p.new_image for p in need_image], show_progress=False)
         for i, p in enumerate(need_image):
             if result.ok[i]:
-                image_features[p[0].item_id] = (image_encoder.version, result.features[i])
+                image_features[p.row.item_id] = (image_encoder.version, result.features[i])
+            elif p.row.item_id in stored_image:
+                _keep_stored_image(p, stored_hashes[p.row.item_id][1], report, f"{p.row.image}: {result.errors[i]}")
+                image_features[p.row.item_id] = stored_image[p.row.item_id]
             else:
-                image_features.pop(p[0].item_id, None)
-                if p[0].text:
-                    report.warnings.append(
-                        {"item_id": p[0].item_id, "row": p[0].row, "reason": f"{result.errors[i]}; stored text-only"}
-                    )
+                p.problem = f"{p.row.image}: {result.errors[i]}"
 
     to_store = []
-    for row, text_hash, image_hash, _ in plans:
-        features = {}
-        if text_hash and row.item_id in text_features:
-            features["text"] = text_features[row.item_id]
-        if image_hash and row.item_id in image_features:
-            features["image"] = image_features[row.item_id]
-        if not features:
-            report.rejected.append(
-                {"item_id": row.item_id, "row": row.row, "reason": "no text and the image could not be decoded"}
-            )
+    for p in plans:
+        item_id = p.row.item_id
+        if stored_hashes.get(item_id) == (p.text_hash, p.image_hash):
+            report.unchanged += 1  # the new image failed and the stored one was kept: nothing changed
             continue
+        features = {}
+        if item_id in text_features:
+            features["text"] = text_features[item_id]
+        if item_id in image_features:
+            features["image"] = image_features[item_id]
+        if not features:
+            report.rejected.append({"item_id": item_id, "row": p.row.row,
+                                    "reason": f"no text and the image could not be decoded ({p.problem})"})
+            continue
+        if p.problem:
+            report.warnings.append({"item_id": item_id, "row": p.row.row, "reason": f"{p.problem}; stored text-only"})
+        if "image" in stored_modalities.get(item_id, ()) and "image" not in features:
+            report.images_removed += 1
         to_store.append({
-            "item_id": row.item_id, "title": row.title, "text": row.text,
-            "image_ref": str(row.image) if row.image else None,
-            "text_hash": text_hash, "image_hash": image_hash, "features": features,
+            "item_id": item_id, "title": p.row.title, "text": p.row.text,
+            "image_ref": store.get_item(item_id).image_ref if p.kept_image else p.image_ref,
+            "text_hash": p.text_hash, "image_hash": p.image_hash, "features": features,
         })
     store.put_items(to_store)
     for entry in to_store:

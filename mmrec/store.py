@@ -103,6 +103,7 @@ class Store:
 
         >>> store = Store("stores/ml")
         >>> ids, text, present = store.feature_matrix("text")   # (N,), (N, 384) float32, (N,) bool
+        >>> ids, image, present = store.feature_matrix("image") # (N, 1280), or (N, 0) when no image is stored
     """
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
@@ -172,7 +173,8 @@ class Store:
 
         Each row: ``item_id, title, text, image_ref, text_hash, image_hash`` and ``features``: a dict
         ``modality -> (encoder_version, vector)``. Modalities absent from ``features`` are deleted for that item, so
-        a row describes the item's complete stored state.
+        a row describes the item's complete stored state: to keep a modality, pass its stored features (from
+        :meth:`features_for`) and hash back in.
         """
         now = time.time()
         with self.transaction() as db:
@@ -243,6 +245,8 @@ class Store:
         """Stack one modality's features: returns ``(item_ids, X (N, D) float32, present (N,) bool)``.
 
         Items lacking the modality get a zero row and ``present=False``. ``item_ids=None`` means every stored item.
+        ``D`` is the stored vectors' size (384 for text, 1280 for image); when no item in the store has the modality
+        (a text-only store asked for ``"image"``) it is 0: ``X`` is ``(N, 0)`` and ``present`` is all False.
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality={modality!r} is not one of {MODALITIES}")

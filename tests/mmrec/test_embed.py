@@ -63,15 +63,16 @@ def test_second_run_does_no_work(runs):
     assert (second.embedded, second.unchanged) == (0, 200)
 
 
-def test_bad_rows_are_stored_text_only_or_rejected_with_reasons(runs):
+def test_bad_images_keep_stored_features_and_bad_rows_are_rejected_with_reasons(runs):
     store, catalog, bad, _, _, third = runs
     assert [r["item_id"] for r in third.rejected] == ["999999"]
     assert "no text and no image" in third.rejected[0]["reason"]
-    assert third.text_only == 2 and third.embedded == 2 and third.unchanged == 197
+    # both items already had a poster from the first run: it is kept, not replaced by nothing
+    assert third.text_only == 0 and third.embedded == 0 and third.unchanged == 199 and third.images_kept == 2
     reasons = {w["item_id"]: w["reason"] for w in third.warnings}
     assert "unreadable image" in reasons[bad.item_id[0]] and "not found" in reasons[bad.item_id[1]]
     for item_id in bad.item_id[:2]:
-        assert store.get_item(item_id).modalities == ("text",)
+        assert store.get_item(item_id).modalities == ("image", "text")
     stored = set(store.item_ids())
     assert sum(i in stored for i in bad.item_id) == 199
     with pytest.raises(KeyError, match="999999"):
