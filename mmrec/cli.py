@@ -171,7 +171,8 @@ def run_refresh(args: argparse.Namespace) -> int:
     from .jobs import refresh_store
 
     if args.events is None and not args.rebuild:
-        raise ValueError("give --events FILE, --rebuild, or both")
+        print("error: give --events FILE, --rebuild, or both", file=sys.stderr)
+        return EXIT_USAGE
     report = refresh_store(args.store, args.events, rebuild=args.rebuild)
     for rejected in report.rejected:
         print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "

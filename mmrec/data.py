@@ -61,6 +61,8 @@ Stage = Literal["valid", "test"]
 TableSource = Union[str, Path, pd.DataFrame]
 
 _MAX_LISTED = 10  # how many offending ids/rows an error message lists
+# Timestamps are int64 unix seconds; a float beyond this range would wrap to int64 min when cast.
+_INT64_LIMIT = 2.0**63
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,6 +122,31 @@ def _first_long_row(path: Path, sep: str) -> str:
     return f"a row has more fields than the header's {width}"
 
 
+def _readable_timestamps(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(seconds (N,) int64, readable (N,) bool)``, read as :func:`_timestamps` reads interactions (numbers,
+    datetimes or date strings) but marking unreadable rows instead of raising: context events skip them."""
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        readable = column.notna().to_numpy()
+    else:
+        numeric = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isfinite(numeric).any() or pd.api.types.is_numeric_dtype(column.dtype):
+            readable = np.isfinite(numeric) & (np.abs(numeric) < _INT64_LIMIT)
+        else:
+            readable = pd.to_datetime(column, utc=True, errors="coerce", format="mixed").notna().to_numpy()
+    seconds = np.zeros(len(column), np.int64)
+    seconds[readable] = _timestamps(column[readable])
+    return seconds, readable
+
+
+def _ids_or_empty(column: pd.Series, name: str) -> pd.Series:
+    """Stripped id strings, ``""`` where the id is missing. A missing value in a JSON-lines file widens the whole
+    column to floats; :func:`_id_strings` turns ``1210.0`` back into ``"1210"``."""
+    present = column.notna().to_numpy()
+    ids = pd.Series("", index=column.index, dtype=object)
+    ids[present] = _id_strings(column[present], name)
+    return ids.str.strip()
+
+
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -169,8 +196,7 @@ def _timestamps(column: pd.Series) -> np.ndarray:
         parsed = pd.to_datetime(column, utc=True, errors="coerce", format="mixed")
         bad = parsed.isna().to_numpy()
     else:
-        # Beyond int64 the cast below would wrap to a meaningless time instead of failing.
-        bad = ~(np.abs(numeric) < 2.0**63)
+        bad = ~(np.abs(numeric) < _INT64_LIMIT)
     if bad.any():
         rows = _first_rows(bad)
         kind = "dates" if numeric is None else "finite numbers within the int64 range"

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import read_table
+from .data import _INT64_LIMIT, _id_strings, _ids_or_empty, _readable_timestamps, _timestamps, read_table
 from .encoders.preprocess import clean_behaviour_texts
 from .recommender import Recommender
 from .store import Store
-from .training import TrainConfig, evaluate_model, fit, load_training_data
+from .training import TrainConfig, TrainingData, evaluate_model, fit, load_training_data
 
 __all__ = ["train_store", "evaluate_store", "refresh_store", "RefreshReport"]
 
@@ -37,6 +37,8 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     config = config or TrainConfig()
     store = Store(store_dir, create=False)
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
+    # Parsed before training and saving: bad input must fail fast and leave the stored model untouched.
+    event_log = _event_log_rows(interactions, context_events, data)
     if log:
         log(f"{data.split.n_users} users, {len(data.item_ids)} items, {len(data.behaviour.item)} events "
             f"({int((~data.behaviour.is_interaction).sum())} with text, {data.n_context_dropped} context rows "
@@ -62,7 +64,7 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     model.save(store.path / MODEL_DIR, meta)
-    _write_event_log(store, interactions, context_events, data)
+    store.add_events(event_log)
     rec = Recommender.load(store, device="cpu")
     store.put_item_vectors(rec.item_ids, rec.item_vectors.numpy(), model_id)
     rebuilt = rec.rebuild()
@@ -71,24 +73,31 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     return {"model_id": model_id, "users": rebuilt, **{k: v for k, v in summary.items() if k != "history"}}
 
 
-def _write_event_log(store: Store, interactions, context_events, data) -> None:
-    """Every user's events (all interactions, including held-out ones, and text events) into the store's log."""
+def _event_log_rows(interactions, context_events, data: TrainingData) -> list[tuple[str, int, str, str, str]]:
+    """Every user's events (all interactions, including held-out ones, and text events) as store log rows
+    ``(user_id, timestamp, item_id, event, text)``, ids and timestamps read as :func:`~mmrec.data.load_interactions`
+    reads them."""
     frame = read_table(interactions)
-    events = frame["event"].astype(str) if "event" in frame.columns else data.event_names[0]
-    known = set(data.item_ids)
-    rows = pd.DataFrame({"user_id": frame["user_id"].astype(str), "timestamp": pd.to_numeric(frame["timestamp"]),
-                         "item_id": frame["item_id"].astype(str), "event": events, "text": ""})
+    # load_interactions drops unknown items (unknown_items="drop") before reading users and timestamps.
+    known = pd.Series(_id_strings(frame["item_id"], "item_id")).isin(data.item_ids).to_numpy()
+    frame = frame[known]
+    events = (_id_strings(frame["event"], "event") if "event" in frame.columns
+              else np.full(len(frame), data.event_names[0], dtype=object))
+    rows = pd.DataFrame({"user_id": _id_strings(frame["user_id"], "user_id"),
+                         "timestamp": _timestamps(frame["timestamp"]),
+                         "item_id": _id_strings(frame["item_id"], "item_id"), "event": events, "text": ""})
     if context_events is not None:
         ctx = read_table(context_events)
         text_column = next(c for c in ("text", "tag", "review", "query") if c in ctx.columns)
+        seconds, readable = _readable_timestamps(ctx["timestamp"])
+        users, items = _ids_or_empty(ctx["user_id"], "user_id"), _ids_or_empty(ctx["item_id"], "item_id")
         rows = pd.concat([rows, pd.DataFrame({
-            "user_id": ctx["user_id"].astype(str), "timestamp": pd.to_numeric(ctx["timestamp"], errors="coerce"),
-            "item_id": ctx["item_id"].astype(str),
-            "event": ctx["event"].astype(str) if "event" in ctx.columns else text_column,
-            "text": clean_behaviour_texts(ctx[text_column].tolist())})])
-    rows = rows[rows.item_id.isin(known) & rows.timestamp.notna() & rows.event.isin(data.event_names)]
-    rows = rows.assign(timestamp=rows.timestamp.astype(np.int64))
-    store.add_events(list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None)))
+            "user_id": users.to_numpy(), "timestamp": seconds, "item_id": items.to_numpy(),
+            "event": ctx["event"].astype(str).to_numpy() if "event" in ctx.columns else text_column,
+            "text": clean_behaviour_texts(ctx[text_column].tolist()),
+        })[readable & (users != "").to_numpy()]])
+    rows = rows[rows.item_id.isin(data.item_ids) & rows.event.isin(data.event_names)]
+    return list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None))
 
 
 def evaluate_store(store_dir, interactions, context_events=None, stages=("valid", "test"), text_encoder=None
@@ -127,8 +136,7 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
     if missing:
         raise ValueError(f"events file lacks column(s) {missing} (columns: {list(frame.columns)})")
-    users = frame["user_id"].astype(str).str.strip()
-    items = frame["item_id"].astype(str).str.strip()
+    users, items = _ids_or_empty(frame["user_id"], "user_id"), _ids_or_empty(frame["item_id"], "item_id")
     stamps = pd.to_numeric(frame["timestamp"], errors="coerce")
     events = frame["event"].astype(str).str.strip() if "event" in frame.columns else pd.Series(
         rec.default_event, index=frame.index)
@@ -136,9 +144,10 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     texts = pd.Series(clean_behaviour_texts(frame[text_column].tolist()) if text_column else "", index=frame.index)
     reasons = pd.Series("", index=frame.index)
     checks = [
-        (users.isin(["", "nan", "None"]), "empty user_id"),
+        (users == "", "empty user_id"),
         (~items.isin(list(rec._position)), "unknown item_id (not in the store)"),
         (stamps.isna() | (stamps != stamps.round()), "timestamp is not an integer (unix seconds)"),
+        (~((stamps >= -_INT64_LIMIT) & (stamps < _INT64_LIMIT)), "timestamp is infinite or beyond the int64 range"),
         (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
     ]
     for bad, reason in checks:

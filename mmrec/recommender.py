@@ -16,6 +16,8 @@ first observed event on. Items embedded after training have no learned ID and ar
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,6 +27,7 @@ import pandas as pd
 import torch
 
 from .behaviour import BehaviourBatch
+from .data import _INT64_LIMIT
 from .interest import gap_buckets
 from .model import ModelLoadError, MultimodalRecommender
 from .store import Store, UserState
@@ -34,6 +37,32 @@ __all__ = ["Recommender", "Event"]
 
 #: ``(item_id, event, timestamp)`` or ``(item_id, event, timestamp, text)``.
 Event = tuple
+
+
+def _id_string(value, name: str) -> str:
+    """An id as the store spells it: strings pass, integers (``1210``, ``np.int64(1210)``) become ``"1210"``."""
+    if isinstance(value, str) and value != "":
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    raise ValueError(f"{name} must be a non-empty string or an integer, got {value!r}")
+
+
+def _unix_seconds(value, name: str) -> int:
+    """``value`` as int64 unix seconds; fractions of a second are floored, as training reads timestamps."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        seconds = int(value)
+    elif isinstance(value, (numbers.Real, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        seconds = math.floor(number) if math.isfinite(number) else None
+    else:
+        seconds = None
+    if seconds is None or not -_INT64_LIMIT <= seconds < _INT64_LIMIT:
+        raise ValueError(f"{name} must be finite unix seconds within the int64 range, got {value!r}")
+    return seconds
 
 
 class Recommender:
@@ -80,7 +109,7 @@ class Recommender:
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _item_positions(self, item_ids: Iterable) -> torch.Tensor:
-        ids = [str(i) for i in item_ids]
+        ids = [_id_string(i, "item id") for i in item_ids]
         unknown = [i for i in ids if i not in self._position]
         if unknown:
             raise KeyError(f"unknown item id(s) {unknown[:10]}: not in the store (embed them first)")
@@ -144,13 +173,13 @@ class Recommender:
         # self._position follows the store's id order (numeric when ids are numbers), as the split does.
         return sorted(rows, key=lambda r: (r[0], r[3] != "", self._position.get(r[1], 0)))
 
-    def _user_interest(self, user_id) -> torch.Tensor:
-        state = self.store.get_users([str(user_id)]).get(str(user_id))
+    def _user_interest(self, user_id: str) -> torch.Tensor:
+        state = self.store.get_users([user_id]).get(user_id)
         if state is None or state.model != self.model_id:
             if state is not None:
                 # A state from an older model: recompute from the log rather than mix models.
-                self.rebuild([str(user_id)])
-                state = self.store.get_users([str(user_id)])[str(user_id)]
+                self.rebuild([user_id])
+                state = self.store.get_users([user_id])[user_id]
             else:
                 with torch.no_grad():
                     h = self.model.interest_model.initial(1)
@@ -162,10 +191,11 @@ class Recommender:
         for n, event in enumerate(history):
             if not isinstance(event, (tuple, list)) or len(event) not in (3, 4):
                 raise ValueError(f"history[{n}] must be (item_id, event, timestamp[, text]), got {event!r}")
-            item_id, name, ts = str(event[0]), event[1], event[2]
+            item_id, name = _id_string(event[0], f"history[{n}] item_id"), event[1]
+            ts = _unix_seconds(event[2], f"history[{n}] timestamp")
             self._item_positions([item_id])
             self._event_index(name)
-            rows.append((int(ts), item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
+            rows.append((ts, item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
         rows = self._sorted(rows)[-self.max_len :]
         if not rows:
             with torch.no_grad():
@@ -179,13 +209,16 @@ class Recommender:
               ) -> np.ndarray:
         """Probability ``(len(item_ids),) float32`` in [0, 1] that the user engages with each item, in the given
         order. Give either a stored ``user_id`` (unknown users get the cold-user fallback) or a ``history`` of
-        ``(item_id, event, timestamp)`` for a user the store has never seen."""
-        if item_ids is None or isinstance(item_ids, (str, bytes)):
-            raise ValueError("item_ids must be a list of item ids")
+        ``(item_id, event, timestamp)`` for a user the store has never seen. Ids are strings or integers."""
+        if not isinstance(item_ids, Iterable) or isinstance(item_ids, (str, bytes)):
+            raise ValueError(f"item_ids must be a list of item ids, got {item_ids!r}")
         if (user_id is None) == (history is None):
             raise ValueError("give exactly one of user_id or history")
         items = self._item_positions(item_ids)
-        interest = self._user_interest(user_id) if history is None else self._history_interest(history)
+        if history is None:
+            interest = self._user_interest(_id_string(user_id, "user_id"))
+        else:
+            interest = self._history_interest(history)
         if len(items) == 0:
             return np.zeros(0, np.float32)
         probs = self.model.scorer.probability(interest[None], self.item_vectors[items][None])[0]
@@ -193,20 +226,27 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
-        """Top ``k`` ``(item_id, probability)`` over the whole catalogue: exact dot-product retrieval of the best
-        ``max(k, rerank)`` candidates, re-ranked by the MLP scorer."""
-        if not isinstance(k, int) or k < 1:
+        """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures: exact
+        dot-product retrieval, then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
+        alone) and any further ones follow in dot-product order. Probabilities are the scorer's."""
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        user_id = _id_string(user_id, "user_id")
         interest = self._user_interest(user_id)
         dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items  # (N,)
         if exclude_seen:
-            seen = {row[1] for row in self.store.user_events([str(user_id)])[str(user_id)]}
+            seen = {row[1] for row in self.store.user_events([user_id])[user_id]}
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
         n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))
-        top = dot.topk(n_candidates).indices
+        top = dot.topk(n_candidates).indices  # best first by dot product
         logits = self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0]
-        order = (logits + self.model.config.new_item_logit_bias * self._new_items[top]).argsort(descending=True)[:k]
+        # The order evaluation measured (MultimodalRecommender.rerank): the MLP orders the best `rerank`
+        # candidates, any others follow in dot-product order.
+        r = min(self.model.config.scorer.rerank, n_candidates)
+        head = (logits[:r] + self.model.config.new_item_logit_bias * self._new_items[top[:r]]).argsort(descending=True)
+        order = torch.cat([head, torch.arange(r, n_candidates, device=head.device)])[:k]
         probs = torch.sigmoid(logits)
         return [(self.item_ids[int(top[i])], float(probs[i])) for i in order]
 
@@ -217,14 +257,13 @@ class Recommender:
         ``event`` defaults to the training data's event (``"interaction"`` when it had no event column);
         ``timestamp`` defaults to now. An event older than the user's last one is placed in time order by
         recomputing that user from the log."""
-        if user_id is None or str(user_id) == "":
-            raise ValueError("user_id must be given")
+        user_id, item_id = _id_string(user_id, "user_id"), _id_string(item_id, "item_id")
         self._item_positions([item_id])
         name = self.event_names[self._event_index(event)]
-        ts = int(time.time() if timestamp is None else timestamp)
+        ts = int(time.time()) if timestamp is None else _unix_seconds(timestamp, "timestamp")
         from .encoders.preprocess import clean_behaviour_texts
 
-        row = (str(user_id), ts, str(item_id), name, clean_behaviour_texts([text])[0] if text else "")
+        row = (user_id, ts, item_id, name, clean_behaviour_texts([text])[0] if text else "")
         self.apply_events([row])
 
     def apply_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> dict[str, int]:
@@ -287,11 +326,21 @@ class Recommender:
         return len(users)
 
 
+_EMBED_HINT = {"text": "its text columns (--text-columns)", "image": "images (--images-root, without --no-images)"}
+
+
 def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], model: MultimodalRecommender) -> None:
-    """Refuse a model whose training features came from other encoders than the store holds now."""
+    """Refuse a model whose training features came from other encoders than the store holds now, or whose
+    trained modality the store no longer holds (the model would silently serve without it)."""
     used = [m for m, on in (("text", model.config.use_text), ("image", model.config.use_image)) if on]
     for modality in used:
         want, have = sorted(trained.get(modality, [])), sorted(stored.get(modality, []))
+        if want and not have:
+            raise ModelLoadError(
+                f"the model was trained on {modality} features from {want}, but the store holds no {modality} "
+                f"features: re-embed the catalogue with {_EMBED_HINT[modality]} (`mmrec embed`), or retrain "
+                f"without {modality}"
+            )
         extra = [v for v in have if v not in want]
         if extra:
             raise ModelLoadError(

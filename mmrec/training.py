@@ -20,7 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .behaviour import Behaviour, ContextEvents, build_behaviour
-from .data import ItemIndex, Split, hold_out_items, leave_one_out, load_interactions, read_table
+from .data import (
+    ItemIndex,
+    Split,
+    _ids_or_empty,
+    _readable_timestamps,
+    hold_out_items,
+    leave_one_out,
+    load_interactions,
+    read_table,
+)
 from .encoders.preprocess import clean_behaviour_texts
 from .evaluation import EvalResult, evaluate
 from .model import ItemFeatures, ModelConfig, MultimodalRecommender
@@ -162,16 +171,17 @@ def _context_events(path, split: Split, items: ItemIndex, store: Store, text_enc
     # Without an `event` column the event is named after the text column: tags.csv rows are "tag" events.
     events = frame["event"].astype(str) if "event" in frame.columns else pd.Series(text_column, index=frame.index)
     texts = pd.Series(clean_behaviour_texts(frame[text_column].tolist()), index=frame.index)
-    timestamps = pd.to_numeric(frame["timestamp"], errors="coerce")
-    user_pos = pd.Index(split.user_ids).get_indexer(frame["user_id"].astype(str))
-    item_pos = pd.Index(items.ids).get_indexer(frame["item_id"].astype(str))
-    keep = np.flatnonzero((user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & timestamps.notna().to_numpy())
+    # Ids and timestamps are read as interactions are (date strings, float-widened ids...); unreadable rows drop.
+    timestamps, readable = _readable_timestamps(frame["timestamp"])
+    user_pos = pd.Index(split.user_ids).get_indexer(_ids_or_empty(frame["user_id"], "user_id"))
+    item_pos = pd.Index(items.ids).get_indexer(_ids_or_empty(frame["item_id"], "item_id"))
+    keep = np.flatnonzero((user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & readable)
     names = tuple(split.event_names) + tuple(sorted(set(events.iloc[keep]) - set(split.event_names)))
     unique, text_index = np.unique(texts.iloc[keep].to_numpy(dtype=str), return_inverse=True)
     return ContextEvents(
         user=user_pos[keep].astype(np.int64),
         item=item_pos[keep].astype(np.int64),
-        timestamp=timestamps.iloc[keep].to_numpy().astype(np.int64),
+        timestamp=timestamps[keep],
         event=pd.Index(names).get_indexer(events.iloc[keep]).astype(np.int64),
         text=text_index.reshape(-1).astype(np.int64),
         text_vectors=embed_event_texts(store, unique.tolist(), text_encoder),

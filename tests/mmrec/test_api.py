@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmrec import Recommender, Store
 from mmrec.embed import EmbedConfig, embed_catalog
@@ -243,3 +244,17 @@ def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained
         assert all(ratio_at(m) < 0.5 for m in grid if m < chosen)
     finally:
         model.config.new_item_bias, model.config.new_item_logit_bias = saved
+
+
+@pytest.mark.parametrize("rerank", [100, 5, 0])
+def test_recommend_serves_the_order_evaluation_measures(trained, rerank, monkeypatch):
+    _, _, rec, _ = trained
+    monkeypatch.setattr(rec.model.config.scorer, "rerank", rerank)
+    served = [item for item, _ in rec.recommend("1", k=20)]
+    with torch.no_grad():
+        interest = rec._user_interest("1")
+        dot = rec.item_vectors @ interest + rec.model.config.new_item_bias * rec._new_items
+        seen = {row[1] for row in rec.store.user_events(["1"])["1"]}
+        dot[rec._item_positions(seen & rec._position.keys())] = float("-inf")
+        scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
+    assert served == [rec.item_ids[i] for i in scores.topk(20).indices.tolist()]
