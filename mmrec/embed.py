@@ -254,6 +254,7 @@ def _embed_chunk(
             else:
                 p.problem = f"{p.row.image}: {result.errors[i]}"
 
+    kept_refs = store.image_refs([p.row.item_id for p in plans if p.kept_image])
     to_store = []
     for p in plans:
         item_id = p.row.item_id
@@ -275,7 +276,7 @@ def _embed_chunk(
             report.images_removed += 1
         to_store.append({
             "item_id": item_id, "title": p.row.title, "text": p.row.text,
-            "image_ref": store.get_item(item_id).image_ref if p.kept_image else p.image_ref,
+            "image_ref": kept_refs[item_id] if p.kept_image else p.image_ref,
             "text_hash": p.text_hash, "image_hash": p.image_hash, "features": features,
         })
     store.put_items(to_store)

@@ -79,13 +79,14 @@ def _event_log_rows(interactions, context_events, data: TrainingData) -> list[tu
     reads them."""
     frame = read_table(interactions)
     # load_interactions drops unknown items (unknown_items="drop") before reading users and timestamps.
-    known = pd.Series(_id_strings(frame["item_id"], "item_id")).isin(data.item_ids).to_numpy()
-    frame = frame[known]
+    item_ids = _id_strings(frame["item_id"], "item_id")
+    known = pd.Series(item_ids).isin(data.item_ids).to_numpy()
+    frame, item_ids = frame[known], item_ids[known]
     events = (_id_strings(frame["event"], "event") if "event" in frame.columns
               else np.full(len(frame), data.event_names[0], dtype=object))
     rows = pd.DataFrame({"user_id": _id_strings(frame["user_id"], "user_id"),
                          "timestamp": _timestamps(frame["timestamp"]),
-                         "item_id": _id_strings(frame["item_id"], "item_id"), "event": events, "text": ""})
+                         "item_id": item_ids, "event": events, "text": ""})
     if context_events is not None:
         ctx = read_table(context_events)
         text_column = next(c for c in ("text", "tag", "review", "query") if c in ctx.columns)

@@ -229,15 +229,21 @@ class Store:
 
     def features_for(self, modality: str, item_ids: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
         """``item_id -> (encoder_version, vector)`` for those of ``item_ids`` that have ``modality`` stored."""
-        found: dict[str, tuple[str, np.ndarray]] = {}
+        query = "SELECT item_id, encoder, vector FROM features WHERE modality = ? AND item_id IN ({marks})"
+        return {item_id: (encoder, np.frombuffer(blob, dtype=np.float32))
+                for item_id, encoder, blob in self._rows_for(query, item_ids, modality)}
+
+    def image_refs(self, item_ids: Sequence[str]) -> dict[str, str | None]:
+        """``item_id -> image_ref`` for those of ``item_ids`` that are stored."""
+        return dict(self._rows_for("SELECT item_id, image_ref FROM items WHERE item_id IN ({marks})", item_ids))
+
+    def _rows_for(self, query: str, item_ids: Sequence[str], *params) -> Iterator[tuple]:
+        """Rows of ``query`` (whose ``{marks}`` is the ``IN`` list) for ``item_ids``, 500 ids per statement:
+        SQLite caps the bound parameters of one statement."""
         ids = list(item_ids)
-        for start in range(0, len(ids), 500):  # SQLite caps the bound parameters of one statement
+        for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT item_id, encoder, vector FROM features WHERE modality = ? AND item_id IN ({marks})"
-            for item_id, encoder, blob in self._db.execute(query, (modality, *chunk)):
-                found[item_id] = (encoder, np.frombuffer(blob, dtype=np.float32))
-        return found
+            yield from self._db.execute(query.format(marks=",".join("?" * len(chunk))), (*params, *chunk))
 
     def feature_matrix(
         self, modality: str, item_ids: Sequence[str] | None = None
