@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .data import read_csv_strict
+from .data import read_csv_strict, read_json_records
 from .encoders.preprocess import CleanConfig, clean_text
 
 __all__ = ["CatalogRow", "read_table", "read_catalog", "compose_text"]
@@ -47,7 +47,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if suffix in {".csv", ".csv.gz", ".tsv"}:
         return read_csv_strict(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
     if suffix in {".jsonl", ".ndjson", ".jsonl.gz", ".json"}:
-        frame = pd.read_json(path, lines=suffix != ".json", dtype=False)
+        frame = read_json_records(path)
     elif suffix in {".parquet", ".pq"}:
         frame = pd.read_parquet(path)
     else:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import csv
 import dataclasses
 import gzip
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
     """Read a CSV/TSV, Parquet or JSON-lines file (or pass a DataFrame through).
 
     The format follows the file suffix: ``.csv``/``.csv.gz`` (comma), ``.tsv`` (tab), ``.parquet``/``.pq``,
-    ``.jsonl``/``.ndjson``/``.json`` (one JSON object per line). In text formats the ``id_columns`` are read as
+    ``.jsonl``/``.ndjson``/``.json`` (:func:`read_json_records`). In text formats the ``id_columns`` are read as
     strings and only empty cells count as missing (an id spelled ``NA`` stays an id).
     """
     if isinstance(source, pd.DataFrame):
@@ -87,7 +88,7 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
     if ".parquet" in suffixes or ".pq" in suffixes:
         return pd.read_parquet(path)
     if any(s in (".jsonl", ".ndjson", ".json") for s in suffixes):
-        return pd.read_json(path, lines=True, dtype=False)
+        return read_json_records(path)
     if ".tsv" in suffixes:
         return read_csv_strict(path, sep="\t", **text_kwargs)
     if ".csv" in suffixes or ".txt" in suffixes:
@@ -109,6 +110,41 @@ def read_csv_strict(path: Path, sep: str = ",", **kwargs) -> pd.DataFrame:
             raise ValueError(f"{path}: {_first_long_row(path, sep)}; quote fields that contain {sep!r}") from None
         except pd.errors.ParserError as exc:
             raise ValueError(f"{path}: {exc}".strip()) from None
+
+
+def read_json_records(path: Path) -> pd.DataFrame:
+    """One row per JSON object: JSON lines (one object per line, blank lines skipped) or, when the file starts
+    with ``[``, one array of objects. ``.gz`` files are decompressed.
+
+    Python's ``json`` keeps integers exact at any size (pandas' reader fails on integers beyond 64 bits without
+    naming the row), so an oversized id or timestamp reaches the row checks that name it. Raises ``ValueError``
+    naming the line (or array element) that is not a JSON object.
+    """
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        where = "element"
+    else:
+        records, lines = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number} is not valid JSON: {exc}") from None
+            lines.append(number)
+        where = "line"
+    bad = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
+    if bad is not None:
+        position = bad if where == "element" else lines[bad]
+        raise ValueError(f"{path}: {where} {position} is {type(records[bad]).__name__}, not a JSON object")
+    return pd.DataFrame.from_records(records)
 
 
 def _first_long_row(path: Path, sep: str) -> str:

@@ -145,6 +145,31 @@ def test_file_formats_agree(tmp_path):
         assert inter.event_names == ("a", "b") and inter.user_ids == ("1", "2")
 
 
+def test_jsonl_integers_beyond_64_bits_are_bad_rows_not_a_parser_crash(tmp_path):
+    path = tmp_path / "x.jsonl"
+    # pandas' own JSON reader stops at such a number with "Value is too big!" and no row
+    path.write_text('{"user_id": 1, "item_id": 1, "timestamp": 5}\n\n'
+                    '{"user_id": 1, "item_id": 2, "timestamp": 99999999999999999999999}\n')
+    with pytest.raises(ValueError, match=r"timestamp: .*first data rows \[2\]"):
+        load_interactions(path, CATALOG)
+    path.write_text('{"user_id": 1, "item_id": 99999999999999999999999, "timestamp": 5}\n')
+    with pytest.raises(ValueError, match="unknown"):
+        load_interactions(path, CATALOG)
+
+
+def test_json_file_that_is_not_one_object_per_row_names_the_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"user_id": 1, "item_id": 1, "timestamp": 5}\n[1, 2, 3]\n')
+    with pytest.raises(ValueError, match="x.jsonl: line 2 is list, not a JSON object"):
+        load_interactions(path, CATALOG)
+    path.write_text('{"user_id": 1, "item_id": 1, "timestamp": 5}\n{"user_id": 1,\n')
+    with pytest.raises(ValueError, match="x.jsonl: line 2 is not valid JSON"):
+        load_interactions(path, CATALOG)
+    array = tmp_path / "x.json"  # a JSON array of records reads like JSON lines
+    array.write_text('[{"user_id": 1, "item_id": 10, "timestamp": 5}, {"user_id": 1, "item_id": 9, "timestamp": 5}]')
+    assert load_interactions(array, CATALOG).item.tolist() == CATALOG.index(["9", "10"]).tolist()
+
+
 def test_date_string_timestamps():
     inter = load_interactions(_frame([("1", "1", "2020-01-02"), ("1", "2", "2020-01-01T00:00:00Z")]), CATALOG)
     assert inter.timestamp.tolist() == [1577836800, 1577923200]

@@ -21,3 +21,11 @@ def test_quoted_separator_is_one_field(tmp_path):
     rows = read_catalog(path)
     assert [(r.item_id, r.row) for r in rows] == [("1", 1), ("2", 2)]
     assert rows[0].title.split() == ["Toy", "Story"]
+
+
+def test_json_array_catalogue_keeps_long_integer_ids_exact(tmp_path):
+    path = tmp_path / "items.json"
+    path.write_text('[{"item_id": 12345678901234567890123, "title": "Heat (1995)"}, {"item_id": 7, "title": "Sabrina"}]')
+    rows = read_catalog(path)
+    assert [r.item_id for r in rows] == ["12345678901234567890123", "7"]
+    assert rows[0].title == "Heat (1995)"
