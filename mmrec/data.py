@@ -829,12 +829,17 @@ def tail_batch(
         width = max_len
     start = seqs.offsets[rows + 1] - lengths
     pos = np.arange(width, dtype=np.int64)[None, :]
-    # padding reads a sentinel appended after the last event
-    idx = np.where(pos < lengths[:, None], start[:, None] + pos, len(seqs.item))
+    real = pos < lengths[:, None]
+    # padding positions read event 0 and are overwritten: O(batch), where appending a sentinel copied every event
+    idx = np.where(real, start[:, None] + pos, 0)
+
+    def gather(values: np.ndarray, pad: int) -> torch.Tensor:
+        return torch.from_numpy(np.where(real, values[idx], pad) if len(values) else np.full(idx.shape, pad))
+
     return SequenceBatch(
-        items=torch.from_numpy(np.append(seqs.item, n_items)[idx]),
-        timestamps=torch.from_numpy(np.append(seqs.timestamp, 0)[idx]),
-        events=torch.from_numpy(np.append(seqs.event, n_events)[idx]),
+        items=gather(seqs.item, n_items),
+        timestamps=gather(seqs.timestamp, 0),
+        events=gather(seqs.event, n_events),
         lengths=torch.from_numpy(lengths.astype(np.int64)),
         users=torch.from_numpy(np.asarray(rows if users is None else users, dtype=np.int64).copy()),
         n_items=n_items,

@@ -174,7 +174,9 @@ class MultimodalRecommender(nn.Module):
         if new_items is not None and self.config.new_item_logit_bias:
             logits = logits + self.config.new_item_logit_bias * new_items[top].to(logits.dtype)
         offset = dot.max() - logits.min() + 1.0
-        return dot.scatter(1, top, logits + offset)
+        candidates = dot.gather(1, top)
+        # with fewer rankable items than `rerank`, masked (-inf) items are among the top k: they stay masked
+        return dot.scatter(1, top, torch.where(candidates == float("-inf"), candidates, logits + offset))
 
     def full_sort_scores(self, batch: BehaviourBatch, vectors: torch.Tensor, exclude: torch.Tensor | None = None,
                          text_table: torch.Tensor | None = None, new_items: torch.Tensor | None = None):

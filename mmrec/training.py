@@ -243,14 +243,6 @@ class FitResult:
         return self.seconds / max(len(self.history), 1)
 
 
-def history_mask(data: TrainingData, stage: str, users: np.ndarray) -> torch.Tensor:
-    """``(B, N)`` bool: items in each user's history for ``stage`` (excluded from its ranking)."""
-    history = data.split.history(stage).take(users)
-    mask = torch.zeros((len(users), len(data.item_ids)), dtype=torch.bool)
-    mask[torch.from_numpy(history.row_of), torch.from_numpy(history.item)] = True
-    return mask
-
-
 @torch.no_grad()
 def evaluate_model(
     model: MultimodalRecommender, data: TrainingData, stage: str = "test", max_len: int = 50,
@@ -262,12 +254,19 @@ def evaluate_model(
     vectors = model.item_vectors(data.features.to(device))
     table = data.text_table.to(device)
     new_items = ~data.features.known.to(device)
+    history = data.split.history(stage)  # once: building it copies every event
+    targets = torch.from_numpy(data.split.target(stage))
 
     def score(_batch, user_index: torch.Tensor) -> torch.Tensor:
         rows = user_index.cpu().numpy()
         context = data.behaviour.context(stage, rows, max_len).to(device)
-        exclude = history_mask(data, stage, rows).to(device)
-        return model.full_sort_scores(context, vectors, exclude, table, new_items)
+        taken = history.take(rows)
+        exclude = torch.zeros((len(rows), len(data.item_ids)), dtype=torch.bool)
+        exclude[torch.from_numpy(taken.row_of), torch.from_numpy(taken.item)] = True
+        # evaluate() ranks a target the user consumed before, as it does for the baselines; masking it here
+        # would score it -inf and hide it from the re-ranker
+        exclude[torch.arange(len(rows)), targets[rows]] = False
+        return model.full_sort_scores(context, vectors, exclude.to(device), table, new_items)
 
     return evaluate(score, data.split, stage, batch_size=batch_size, users=users, max_len=1)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmrec.data import ItemIndex, leave_one_out, load_interactions
-from mmrec.evaluation import METRICS, evaluate, paired_bootstrap, target_ranks
+from mmrec.evaluation import METRICS, evaluate, metrics_from_ranks, paired_bootstrap, target_ranks, tie_counts
 
 N_ITEMS = 30
 ITEMS = ItemIndex(tuple(str(i) for i in range(N_ITEMS)))
@@ -78,12 +78,35 @@ def test_ties_never_favour_the_target():
     scores[0] = torch.tensor([5.0, 3.0, 3.0, 3.0, 1.0, 9.0])
     exclude = torch.tensor([[False, False, False, False, False, True]])  # item 5 is history
     target = torch.tensor([2])  # tied with items 1 and 3, one item (0) above
-    assert target_ranks(scores, target, exclude, "half").item() == 3.0  # 1 + 1 + 2/2
+    assert target_ranks(scores, target, exclude, "expected").item() == 3.0  # 1 + 1 + 2/2
     assert target_ranks(scores, target, exclude, "pessimistic").item() == 4.0  # 1 + 1 + 2
     # a constant scorer puts the target in the middle of everything that is not history
     flat = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test")
     assert flat.per_user["rank"].tolist() == [1 + (N_ITEMS - 5) / 2] * 3
-    assert flat.metrics["recall@10"] == 0.0
+
+
+def test_tied_target_scores_the_expected_metric_not_the_metric_of_its_mean_rank():
+    # 7 items above the target and 4 tied with it: a random order puts it at rank 8, 9, 10, 11 or 12
+    scores = torch.tensor([[9.0] * 7 + [5.0] * 5 + [1.0] * 18])
+    target = torch.tensor([7])
+    assert tie_counts(scores, target) == (7.0, 4.0)
+    mean_rank = target_ranks(scores, target).item()
+    assert mean_rank == 10.0
+    expected = metrics_from_ranks(np.array([mean_rank]), tied=np.array([4.0]))
+    positions = np.arange(8, 13)
+    assert expected["recall@10"][0] == pytest.approx(3 / 5)  # not 1.0, the recall of rank 10
+    assert expected["ndcg@10"][0] == pytest.approx(np.sum(1 / np.log2(positions[:3] + 1)) / 5)
+    assert expected["ndcg@20"][0] == pytest.approx(np.mean(1 / np.log2(positions + 1)))
+    assert expected["mrr@10"][0] == pytest.approx((1 / 8 + 1 / 9 + 1 / 10) / 5)
+    # evaluate() applies it: a constant scorer ties the target with the 25 other items outside the history
+    flat = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test")
+    assert flat.per_user["rank"].tolist() == [13.5] * 3
+    assert flat.metrics["recall@10"] == pytest.approx(10 / 26) and flat.metrics["recall@20"] == pytest.approx(20 / 26)
+    assert flat.metrics["ndcg@10"] == pytest.approx(np.sum(1 / np.log2(np.arange(2, 12))) / 26)
+    pessimistic = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test", tie_rule="pessimistic")
+    assert pessimistic.per_user["rank"].tolist() == [26.0] * 3 and pessimistic.metrics["recall@20"] == 0.0
+    with pytest.raises(ValueError, match="whole-number tie groups"):
+        metrics_from_ranks(np.array([10.25]), tied=np.array([4.0]))
 
 
 def test_target_in_history_is_still_ranked():

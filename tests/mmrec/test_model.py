@@ -104,6 +104,23 @@ def test_new_item_bias_lifts_only_items_never_seen_in_training():
     assert torch.equal(lifted[:, ~new], plain[:, ~new])
 
 
+def test_excluded_items_stay_excluded_when_the_re_ranker_sees_the_whole_catalogue():
+    from mmrec.behaviour import BehaviourBatch
+
+    torch.manual_seed(0)
+    features = _features()  # 40 items, fewer than the 100 the MLP re-ranks: masked items are among its top k
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)))).eval()
+    assert model.config.scorer.rerank >= len(features)
+    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
+                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
+                           lengths=torch.tensor([3]), users=torch.tensor([0]))
+    exclude = torch.zeros(1, len(features), dtype=torch.bool)
+    exclude[0, [0, 1, 2, 17]] = True
+    with torch.no_grad():
+        scores = model.full_sort_scores(batch, model.item_vectors(features), exclude)
+    assert torch.equal(torch.isinf(scores), exclude) and (scores[exclude] < 0).all()
+
+
 def _small(n_items: int) -> MultimodalRecommender:
     return MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=n_items)))
 

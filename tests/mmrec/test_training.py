@@ -1,0 +1,52 @@
+"""Training-side evaluation on a real MovieLens slice: ``evaluate_model`` ranks our model by the same rule
+``mmrec.evaluation.evaluate`` applies to every model (the baselines included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmrec import Store
+from mmrec.embed import EmbedConfig, embed_catalog
+from mmrec.training import TrainConfig, evaluate_model, fit, load_training_data
+
+from ..conftest import write_movielens_slice
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, text_encoder):
+    folder = write_movielens_slice(tmp_path_factory.mktemp("training"), n_items=80, max_user=20)
+    embed_catalog(folder / "items.csv", folder / "store", EmbedConfig(use_images=False, text_columns=["title", "genres"]),
+                  text_encoder=text_encoder)
+    return folder
+
+
+def test_a_target_the_user_consumed_before_is_ranked_not_masked(folder):
+    # user 1 watches their first movie again as their last event: the test target is also in their history
+    interactions = pd.read_csv(folder / "interactions.csv")
+    first = interactions[interactions.user_id == 1].sort_values(["timestamp", "item_id"]).iloc[[0]]
+    again = first.assign(timestamp=interactions.timestamp.max() + 1)
+    data = load_training_data(Store(folder / "store"), pd.concat([interactions, again], ignore_index=True))
+    user = list(data.split.user_ids).index("1")
+    target = int(data.split.target("test")[user])
+    assert data.item_ids[target] == str(first.item_id.iloc[0])
+    history = data.split.history("test").row(user)[0]
+    assert target in history.tolist()
+
+    model = fit(data, TrainConfig(epochs=1, show_progress=False), log=None).model
+    result = evaluate_model(model, data, "test")
+    rank = result.per_user["rank"][list(result.users).index(user)]
+
+    # independently: score with the rest of the history masked, rank the target among items outside the history
+    vectors = model.item_vectors(data.features)
+    context = data.behaviour.context("test", np.array([user]), 50)
+    exclude = torch.zeros(1, len(data.item_ids), dtype=torch.bool)
+    exclude[0, history[history != target]] = True
+    with torch.no_grad():
+        scores = model.full_sort_scores(context, vectors, exclude, data.text_table, ~data.features.known)[0]
+    candidates = np.setdiff1d(np.arange(len(data.item_ids)), history)
+    assert torch.isfinite(scores[target])  # masking it as history used to score it -inf: always ranked last
+    assert rank == 1 + int((scores[candidates] > scores[target]).sum())
+    assert rank <= len(candidates)
