@@ -213,6 +213,12 @@ class Store:
         titles = dict(rows.fetchall())
         return titles if item_ids is None else {str(i): titles[str(i)] for i in item_ids}
 
+    def items_with_text_field(self, name: str) -> int:
+        """How many items' stored text holds a ``name: ...`` field (a catalogue column joined by ``compose_text``)."""
+        escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = "SELECT COUNT(*) FROM items WHERE text LIKE ? ESCAPE '\\'"
+        return self._db.execute(query, (f"%. {escaped}: %",)).fetchone()[0]
+
     def encoders(self) -> dict[str, list[str]]:
         """``modality -> encoder versions`` present in the store (more than one means a partial re-embed)."""
         found: dict[str, list[str]] = {}

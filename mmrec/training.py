@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -207,6 +208,13 @@ def load_training_data(
     item_ids = store.item_ids()
     if not item_ids:
         raise ValueError(f"store {store.path} has no items: run `mmrec embed` first")
+    tagged = store.items_with_text_field("tags")
+    if tagged:
+        warnings.warn(
+            f"store {store.path}: the item text of {tagged} items holds a 'tags' column. If it gathers tags written "
+            "at any time (MovieLens items.csv's does), validation and test metrics read behaviour from after the "
+            "split; for a fair evaluation embed with --text-columns title,genres and pass tags as --context-events",
+            stacklevel=2)
     items = ItemIndex(tuple(item_ids))
     inter = load_interactions(interactions, items, unknown_items=unknown_items)
     split = leave_one_out(inter)

@@ -50,3 +50,16 @@ def test_a_target_the_user_consumed_before_is_ranked_not_masked(folder):
     assert torch.isfinite(scores[target])  # masking it as history used to score it -inf: always ranked last
     assert rank == 1 + int((scores[candidates] > scores[target]).sum())
     assert rank <= len(candidates)
+
+
+def test_item_text_with_aggregated_tags_is_warned_about(folder, text_encoder, recwarn):
+    # items.csv's `tags` column gathers tags written at any time; embedded by default, it leaks the test period
+    load_training_data(Store(folder / "store"), folder / "interactions.csv")
+    assert not [w for w in recwarn if "tags" in str(w.message)]
+    embed_catalog(folder / "items.csv", folder / "default-columns", EmbedConfig(use_images=False),
+                  text_encoder=text_encoder)
+    store = Store(folder / "default-columns")
+    tagged = store.items_with_text_field("tags")
+    assert 0 < tagged < len(store)  # only the items that have tags
+    with pytest.warns(UserWarning, match=rf"item text of {tagged} items holds a 'tags' column.*--text-columns"):
+        load_training_data(store, folder / "interactions.csv")
