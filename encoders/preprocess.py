@@ -53,7 +53,8 @@ def clean_text(text: str | None, config: CleanConfig = CleanConfig()) -> str:
     if "<" in text:
         text = _TAG.sub(" ", _SCRIPT.sub(" ", text))
     text = unicodedata.normalize("NFKC", html.unescape(text))
-    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    if not text.isprintable():  # printable means no control/format character: skip the per-character pass
+        text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
     text = _SPACE.sub(" ", text).strip()
     if len(text) > config.max_chars:
         cut = text[: config.max_chars]

@@ -236,7 +236,7 @@ class Recommender:
         interest = self._user_interest(user_id)
         dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items  # (N,)
         if exclude_seen:
-            seen = {row[1] for row in self.store.user_events([user_id])[user_id]}
+            seen = self.store.seen_items(user_id)
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
         n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))

@@ -340,6 +340,11 @@ class Store:
         fresh[[p for (p,) in seen]] = False
         return fresh
 
+    def seen_items(self, user_id: str) -> set[str]:
+        """Items in any of the user's logged events (what ``recommend`` leaves out), without reading the log."""
+        rows = self._db.execute("SELECT DISTINCT item_id FROM events WHERE user_id = ?", (str(user_id),))
+        return {item_id for (item_id,) in rows}
+
     def user_events(self, user_ids: Sequence[str] | None = None) -> dict[str, list[tuple]]:
         """``user_id -> [(timestamp, item_id, event, text), ...]`` in time order, for ``user_ids`` (all: ``None``).
 
