@@ -25,8 +25,7 @@ from mmrec.evaluation import evaluate
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data" / "ml-latest-small"
 
-# RecBole 1.2.1's Pop row in ../shared/baselines/ml-latest-small.md (610 users)
-REFERENCE_POP = {"test recall@10": 0.0393, "test ndcg@10": 0.0183, "valid ndcg@10": 0.0172}
+REFERENCE = SHARED / "baselines" / "ml-latest-small.md"  # RecBole 1.2.1's numbers on the same split (610 users)
 
 # One thread: on a shared 2-core machine a second OpenMP thread that waits for a busy core makes these small
 # fits several times slower; results do not depend on the thread count.
@@ -41,21 +40,34 @@ def split():
     return leave_one_out(load_interactions(DATA / "interactions.csv", items))
 
 
-def test_popularity_reproduces_reference(split):
-    """Within 2 users' worth (2/610 = 0.0033) of RecBole's numbers.
+@pytest.fixture(scope="module")
+def reference_pop() -> dict[str, float]:
+    """The Pop row of the reference table, read from the file (its numbers may be replaced by newer runs)."""
+    if not REFERENCE.is_file():
+        pytest.skip(f"the shared reference table is not at {REFERENCE} (it lives beside the repository)")
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in REFERENCE.read_text().splitlines() if line.lstrip().startswith("|")]
+    header = next(r for r in rows if r[0].lower() == "model")
+    pop = [r for r in rows if r[0].lower().startswith("pop")]
+    assert len(pop) == 1, f"expected one Pop row in {REFERENCE}, found {pop}"
+    columns = {name.lower(): name for name in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "MRR@10")}
+    columns["valid ndcg@10"] = "valid NDCG@10"
+    return {key: float(pop[0][header.index(name)]) for key, name in columns.items()}
+
+
+def test_popularity_reproduces_reference(split, reference_pop):
+    """Every metric of RecBole's Pop row, to the four digits the file prints.
 
     Never-rated catalogue items score 0, so ranking over all 9,742 items instead of RecBole's 9,724 rated ones
-    changes no rank above them. What remains is tie-breaking: many items share a training count, RecBole's top-k
-    breaks ties by its internal item order (which can favour the target), while we count half the ties against
-    it. Measured: we find 23 test hits at 10, RecBole 24 (one user whose target is tied at the cut-off).
+    changes no rank above them. Many items share a training count; a tied target counts each metric's expectation
+    over its tie group's positions, which is what RecBole's numbers come to (taking the metric of the group's mean
+    rank instead read NDCG@10 0.0178).
     """
     model = Popularity(split.n_items)
     result = fit(model, split, TrainConfig(**QUICK))
     test = evaluate(model.full_sort_scores, split, "test")
-    tolerance = 2 / split.n_users
-    assert test.metrics["recall@10"] == pytest.approx(REFERENCE_POP["test recall@10"], abs=tolerance)
-    assert test.metrics["ndcg@10"] == pytest.approx(REFERENCE_POP["test ndcg@10"], abs=tolerance)
-    assert result.best_valid.metrics["ndcg@10"] == pytest.approx(REFERENCE_POP["valid ndcg@10"], abs=tolerance)
+    measured = {**test.metrics, "valid ndcg@10": result.best_valid.metrics["ndcg@10"]}
+    assert {name: round(measured[name], 4) for name in reference_pop} == reference_pop
     assert result.best_epoch == 0 and result.epochs_run == 0
     # the most popular training item tops every user's list unless it is in their history
     top = int(np.argmax(np.bincount(split.train.item, minlength=split.n_items)))

@@ -29,3 +29,19 @@ def test_json_array_catalogue_keeps_long_integer_ids_exact(tmp_path):
     rows = read_catalog(path)
     assert [r.item_id for r in rows] == ["12345678901234567890123", "7"]
     assert rows[0].title == "Heat (1995)"
+
+
+def test_default_text_leaves_out_id_columns_and_the_image_path_and_explicit_columns_are_honoured(tmp_path):
+    # README: default text columns are every column except `image_path` and `*_id`
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title,brand_id,genres,image_path\n"
+                    "1,Toy Story (1995),BRAND4242,Animation|Comedy,posters/tt0114709.jpg\n")
+    (row,) = read_catalog(path)
+    assert row.text == "Toy Story (1995). genres: Animation, Comedy"
+    assert row.image == tmp_path / "posters" / "tt0114709.jpg"
+    assert "BRAND4242" not in row.text and "brand_id" not in row.text and "tt0114709" not in row.text
+    assert row.title == "Toy Story (1995)"
+    (row,) = read_catalog(path, text_columns=["brand_id", "genres"], use_images=False)
+    assert row.text == "BRAND4242. genres: Animation, Comedy" and row.title == "BRAND4242"
+    (row,) = read_catalog(path, text_columns=["title"], use_images=False)
+    assert row.text == "Toy Story (1995)"

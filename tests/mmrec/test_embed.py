@@ -3,11 +3,10 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -112,35 +111,87 @@ def test_jsonl_and_parquet_catalogues(tmp_path, text_encoder):
     assert embed_catalog(tmp_path / "c.parquet", tmp_path / "s", config, text_encoder=text_encoder).unchanged == 3
 
 
-def test_killed_run_leaves_a_readable_store_and_rerun_completes(tmp_path):
-    catalog = _slice(600)[["item_id", "title", "genres"]]
-    catalog.to_csv(tmp_path / "catalog.csv", index=False)
+# Runs embed_catalog in a child process and SIGKILLs it at a chosen point: the real catalogue reader, encoder and
+# store run; only the store's put_items (one call per chunk) is wrapped to know where the run is.
+#   after_commit: right after the 2nd chunk's transaction committed.
+#   mid_chunk:    inside the 3rd chunk's transaction, as its 5th item is written (4 items and their features
+#                 already written, nothing of the chunk committed).
+KILL_CHILD = r"""
+import os, signal, sys
+from mmrec import Store
+from mmrec.embed import EmbedConfig, embed_catalog
+
+catalog, store_dir, point, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = Store(store_dir)
+put_items, calls, inserted = store.put_items, [], []
+
+
+def kill(message):
+    print(message, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trace(sql):
+    if sql.startswith("INSERT OR REPLACE INTO items"):
+        inserted.append(sql)
+        if len(inserted) == 5:
+            kill(f"killed in_transaction={store.db.in_transaction} after {len(inserted) - 1} items written")
+
+
+def hooked_put_items(rows):
+    calls.append(len(rows))
+    if point == "mid_chunk" and len(calls) == 3:
+        store.db.set_trace_callback(trace)
+    put_items(rows)
+    if point == "after_commit" and len(calls) == 2:
+        kill(f"killed after chunks of {calls} committed")
+
+
+store.put_items = hooked_put_items
+embed_catalog(catalog, store, EmbedConfig(use_images=False, text_columns=["title", "genres"], chunk_size=chunk))
+print("finished without being killed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("point, message", [
+    ("after_commit", "killed after chunks of [8, 8] committed"),
+    ("mid_chunk", "killed in_transaction=True after 4 items written"),
+], ids=["after_commit", "mid_chunk"])
+def test_killed_run_keeps_exactly_the_committed_chunks_and_rerun_embeds_only_the_rest(
+        tmp_path, text_encoder, monkeypatch, point, message):
+    from mmrec.catalog import read_catalog
+
+    chunk = 8
+    _slice(5 * chunk)[["item_id", "title", "genres"]].to_csv(tmp_path / "catalog.csv", index=False)
+    rows = read_catalog(tmp_path / "catalog.csv", ["title", "genres"], use_images=False)
     store_dir = tmp_path / "store"
-    args = [sys.executable, str(SCRIPT), str(tmp_path / "catalog.csv"), "--store", str(store_dir),
-            "--no-images", "--chunk-size", "32", "--json"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, committed = time.monotonic() + 240, 0
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-        try:
-            with sqlite3.connect(store_dir / "mmrec.sqlite", timeout=5) as db:
-                committed = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        except sqlite3.OperationalError:
-            continue  # the database is being created
-        if committed >= 64:
-            break
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 0 < committed < 600, "the run finished before it could be interrupted"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(tmp_path / "catalog.csv"), str(store_dir), point,
+                            str(chunk)], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert child.returncode == -signal.SIGKILL, (child.returncode, child.stdout, child.stderr[-3000:])
+    assert child.stdout.strip().splitlines()[-1] == message
 
+    committed = rows[: 2 * chunk]  # the first two chunks, nothing of the third
     store = Store(store_dir)
-    survived = len(store)
-    assert survived >= committed
+    assert store.item_ids() == [r.item_id for r in committed]
     ids, vectors, present = store.feature_matrix("text")
-    assert present.all() and (abs((vectors**2).sum(1) - 1) < 1e-4).all()  # no half-written vectors
-    store.close()
+    assert present.all() and vectors.shape == (len(committed), 384)
+    np.testing.assert_allclose(vectors, text_encoder.encode([r.text for r in committed], show_progress=False),
+                               atol=1e-5)
+    assert [store.get_item(r.item_id).text for r in committed] == [r.text for r in committed]
 
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["unchanged"] == survived and summary["embedded"] == 600 - survived
+    encoded = []
+    real_encode = text_encoder.encode
+
+    def recording_encode(texts, **kwargs):  # the real encoder, with a record of what it was asked to encode
+        encoded.extend(texts)
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(text_encoder, "encode", recording_encode)
+    report = embed_catalog(tmp_path / "catalog.csv", store, EmbedConfig(use_images=False,
+                           text_columns=["title", "genres"], chunk_size=chunk), text_encoder=text_encoder)
+    assert (report.unchanged, report.embedded) == (len(committed), len(rows) - len(committed))
+    assert encoded == [r.text for r in rows[len(committed):]]  # committed items are not encoded again
+    ids, vectors, present = store.feature_matrix("text")
+    assert ids == [r.item_id for r in rows] and present.all()
+    store.close()
