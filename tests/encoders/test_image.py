@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from mmrec.encoders import ImageEncoder, ImageEncoderConfig, imagenet_categories, load_image
+from mmrec.encoders import ImageEncoder, ImageEncoderConfig, Precision, imagenet_categories, load_image
+from mmrec.encoders.precision import resolve_precision
 
 
 def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -58,13 +59,63 @@ def test_bad_files_are_reported_not_fatal(image_encoder, tmp_path):
     assert not result.features[1].any()
 
 
-def test_bf16_autocast_matches_fp32_on_cpu(image_encoder):
+def _with_network(precision: str, network, device: str = "cpu") -> ImageEncoder:
+    encoder = ImageEncoder(ImageEncoderConfig(precision=precision, device=device))
+    encoder.__dict__["network"] = network  # same weights, no second load
+    return encoder
+
+
+def _conv_dtypes(network: torch.nn.Module, run):
+    """``run()``'s result and the set of dtypes output by every ``nn.Conv2d`` of ``network`` meanwhile: bfloat16 or
+    float16 there shows autocast really ran (weights stay float32, so without autocast they output float32)."""
+    seen = set()
+    hooks = [m.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+             for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, seen
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture
+def cpu_network(image_encoder):
+    """The network on the CPU: the session encoder's on a CPU-only machine (no second load), else a CPU copy."""
+    if image_encoder.device.type == "cpu":
+        return image_encoder.network
+    return ImageEncoder(ImageEncoderConfig(device="cpu")).network
+
+
+@pytest.fixture
+def cuda_network(image_encoder):
+    if image_encoder.device.type == "cuda":
+        return image_encoder.network
+    return ImageEncoder(ImageEncoderConfig(device="cuda")).network
+
+
+def test_bf16_autocast_runs_and_matches_fp32_on_cpu(cpu_network):
+    """The mixed-precision path, exercised on CPU with bf16: the convolutions really run in bfloat16, and the
+    features differ from float32 ones yet stay within cosine 0.99 of them."""
     images = torch.stack([load_image(_png_bytes(a)) for a in (data.chelsea(), data.coffee(), data.astronaut())])
-    bf16 = ImageEncoder(ImageEncoderConfig(precision="bf16", device="cpu"))
-    bf16.__dict__["network"] = image_encoder.network
-    a, b = image_encoder.encode_tensors(images), bf16.encode_tensors(images)
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cosine.min() >= 0.99
+    a, fp32_dtypes = _conv_dtypes(cpu_network, lambda: _with_network("fp32", cpu_network).encode_tensors(images))
+    b, bf16_dtypes = _conv_dtypes(cpu_network, lambda: _with_network("bf16", cpu_network).encode_tensors(images))
+    assert fp32_dtypes == {torch.float32} and bf16_dtypes == {torch.bfloat16}
+    assert b.dtype == np.float32
+    assert np.abs(a - b).max() > 1e-4  # not the float32 computation
+    assert _cosine(a, b).min() >= 0.99
+
+
+def test_auto_precision_is_fp32_on_cpu(cpu_network):
+    assert resolve_precision("auto", torch.device("cpu")) is Precision.FP32
+    auto = _with_network("auto", cpu_network)
+    assert auto.precision is Precision.FP32
+    _, dtypes = _conv_dtypes(cpu_network, lambda: auto.encode_tensors(load_image(_png_bytes(data.coffee()))[None]))
+    assert dtypes == {torch.float32}
 
 
 def test_fp16_is_refused_on_cpu():
@@ -74,8 +125,24 @@ def test_fp16_is_refused_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fp16_on_cuda_matches_fp32():
+def test_fp16_on_cuda_runs_half_and_matches_fp32(cuda_network):
     images = torch.stack([load_image(_png_bytes(a)) for a in (data.chelsea(), data.coffee())])
-    a = ImageEncoder(ImageEncoderConfig(precision="fp32", device="cuda")).encode_tensors(images)
-    b = ImageEncoder(ImageEncoderConfig(precision="fp16", device="cuda")).encode_tensors(images)
-    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() >= 0.99
+    fp32, fp16 = (_with_network(p, cuda_network, "cuda") for p in ("fp32", "fp16"))
+    a, fp32_dtypes = _conv_dtypes(cuda_network, lambda: fp32.encode_tensors(images))
+    b, fp16_dtypes = _conv_dtypes(cuda_network, lambda: fp16.encode_tensors(images))
+    assert fp32_dtypes == {torch.float32} and fp16_dtypes == {torch.float16}
+    assert np.abs(a - b).max() > 1e-4
+    assert _cosine(a, b).min() >= 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_precision_is_half_on_cuda(cuda_network):
+    expected = Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    assert resolve_precision("auto", torch.device("cuda")) is expected
+    auto = _with_network("auto", cuda_network, "cuda")
+    assert auto.precision is expected
+    image = load_image(_png_bytes(data.coffee()))[None]
+    features, dtypes = _conv_dtypes(cuda_network, lambda: auto.encode_tensors(image))
+    assert dtypes == {torch.bfloat16 if expected is Precision.BF16 else torch.float16}
+    assert features.dtype == np.float32
