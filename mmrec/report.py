@@ -35,7 +35,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -431,6 +431,19 @@ def _plots(runs: list[dict], config: QualityConfig, out: Path) -> list[Path]:
     return files
 
 
+def _check_store_has(store: Store, models: Sequence[str]) -> None:
+    """Refuse, before any training, variants of our model that read a modality the store holds no features for:
+    they would train on less than their name says (or on nothing) and their rows would mislead."""
+    present = set(store.encoders())
+    lacking = {m: sorted({"text", "image"} & set(m.split("+")) - present) for m in models if m not in BASELINES}
+    lacking = {m: missing for m, missing in lacking.items() if missing}
+    if lacking:
+        kept = [m for m in models if m not in lacking]
+        raise ValueError(
+            f"models: {', '.join(lacking)} read {' and '.join(sorted({x for v in lacking.values() for x in v}))} "
+            f"features the store does not hold; embed them (posters: --images-root) or pass --models {','.join(kept)}")
+
+
 def run_report(
     store: Store,
     interactions,
@@ -446,6 +459,8 @@ def run_report(
     ``results.json``, ``metrics.png`` and ``valid_curves.png`` to ``out`` (runs already in ``out/runs.jsonl``
     are reused; ``train=False`` only rebuilds the report from them)."""
     config = config or QualityConfig()
+    if train:
+        _check_store_has(store, config.models)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"

@@ -378,6 +378,22 @@ class WeightAverage:
             target.copy_(shadow / correction)
 
 
+def check_store_modalities(config: ModelConfig, encoders: dict[str, list[str]], log: Callable[[str], None] | None
+                           = None) -> None:
+    """Refuse a model whose only item signals are modalities the store holds no features for (every item would
+    score the same); ``log`` hears about a requested modality that is missing while others carry the signal."""
+    wanted = [m for m, on in (("text", config.use_text), ("image", config.use_image)) if on]
+    missing = [m for m in wanted if m not in encoders]
+    if missing and not config.use_id and len(missing) == len(wanted):
+        hint = {"text": "text columns", "image": "posters (--images-root)"}
+        raise ValueError(
+            f"modalities: the model reads only {' and '.join(missing)}, but the store holds no {' or '.join(missing)} "
+            f"features, so every item would look the same; embed the catalogue with "
+            f"{' and '.join(hint[m] for m in missing)} or choose modalities the store has ({sorted(encoders) or 'none'})")
+    if missing and log:
+        log(f"the store holds no {' or '.join(missing)} features: training without them")
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -387,6 +403,7 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     """Train a fresh model on ``data`` with early stopping on validation NDCG@10; returns the best weights."""
     from .encoders.precision import resolve_device
 
+    check_store_modalities(config.model, data.encoders, log)
     _seed_everything(config.seed)
     device = resolve_device(config.device)
     if device.type == "cuda":

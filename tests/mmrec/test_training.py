@@ -63,3 +63,24 @@ def test_item_text_with_aggregated_tags_is_warned_about(folder, text_encoder, re
     assert 0 < tagged < len(store)  # only the items that have tags
     with pytest.warns(UserWarning, match=rf"item text of {tagged} items holds a 'tags' column.*--text-columns"):
         load_training_data(store, folder / "interactions.csv")
+
+
+def test_training_only_on_modalities_the_store_lacks_is_refused(folder):
+    from mmrec.model import ModelConfig
+    from mmrec.report import QualityConfig, run_report
+
+    store = Store(folder / "store")  # embedded text-only
+    data = load_training_data(store, folder / "interactions.csv")
+    image_only = TrainConfig(epochs=1, show_progress=False, model=ModelConfig(use_text=False, use_id=False))
+    with pytest.raises(ValueError, match=r"reads only image, but the store holds no image features.*--images-root"):
+        fit(data, image_only, log=None)
+    # with another signal present, a missing modality is said and left out
+    said = []
+    fit(data, TrainConfig(epochs=1, show_progress=False), log=said.append)
+    assert "the store holds no image features: training without them" in said
+    # the report refuses such variants before training anything
+    out = folder / "report"
+    with pytest.raises(ValueError, match=r"models: image, text\+image read image features the store does not hold"
+                                         r".*--models pop,text"):
+        run_report(store, folder / "interactions.csv", out, QualityConfig(models=("pop", "image", "text+image", "text")))
+    assert not out.exists()
