@@ -88,6 +88,8 @@ def clean_behaviour_texts(texts: Sequence[str | None], config: CleanConfig = Cle
     >>> clean_behaviour_texts(["Great sci-fi!!! http://x.com", "<i>not</i> funny :)", None])
     ['great sci-fi', 'not funny', '']
     """
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string: pass [text]")
     cleaned = [clean_text(t, config) for t in texts]
     unique = list(dict.fromkeys(t for t in cleaned if t))
     result: dict[str, str] = {"": ""}
@@ -142,6 +144,8 @@ def extract_keyphrases(
     >>> extract_keyphrases(["Harrison Ford shines in this space opera", "Highly quotable"])
     [['harrison ford', 'space opera'], ['highly quotable']]
     """
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string: pass [text]")
     nlp = load_spacy(model)
     cleaned = [clean_text(t) for t in texts]
     return [_phrases(doc, max_phrases) for doc in nlp.pipe(cleaned, batch_size=batch_size)]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .data import read_csv_strict, read_json_records
+from .data import read_csv_strict, read_json_records, separator_hint
 from .encoders.preprocess import CleanConfig, clean_text
 
 __all__ = ["CatalogRow", "read_table", "read_catalog", "compose_text"]
@@ -101,7 +101,7 @@ def read_catalog(
     """
     frame = read_table(path)
     if ID_COLUMN not in frame.columns:
-        raise ValueError(f"{path}: no {ID_COLUMN!r} column (columns: {list(frame.columns)})")
+        raise ValueError(f"{path}: no {ID_COLUMN!r} column (columns: {list(frame.columns)}){separator_hint(frame.columns)}")
     if text_columns is None:
         text_columns = default_text_columns(list(frame.columns))
     missing = [c for c in text_columns if c not in frame.columns]

@@ -108,6 +108,8 @@ def read_csv_strict(path: Path, sep: str = ",", **kwargs) -> pd.DataFrame:
             return pd.read_csv(path, sep=sep, index_col=False, **kwargs)
         except pd.errors.ParserWarning:
             raise ValueError(f"{path}: {_first_long_row(path, sep)}; quote fields that contain {sep!r}") from None
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path}: the file is empty (expected a header row)") from None
         except pd.errors.ParserError as exc:
             raise ValueError(f"{path}: {exc}".strip()) from None
 
@@ -140,6 +142,8 @@ def read_json_records(path: Path) -> pd.DataFrame:
                 raise ValueError(f"{path}: line {number} is not valid JSON: {exc}") from None
             lines.append(number)
         where = "line"
+    if not records:
+        raise ValueError(f"{path}: the file holds no JSON objects")
     bad = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
     if bad is not None:
         position = bad if where == "element" else lines[bad]
@@ -186,7 +190,17 @@ def _ids_or_empty(column: pd.Series, name: str) -> pd.Series:
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; found {list(df.columns)}")
+        raise ValueError(f"{what}: missing column(s) {missing}; found {list(df.columns)}{separator_hint(df.columns)}")
+
+
+def separator_hint(columns: Sequence[str]) -> str:
+    """A hint when a one-column header looks like a whole row in another separator (a TSV named ``.csv``)."""
+    if len(columns) == 1:
+        for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+            if sep in str(columns[0]):
+                return f" (one column whose name holds {name}s: is the file {name}-separated?" + (
+                    " name it .tsv)" if sep == "\t" else " convert it to commas)")
+    return ""
 
 
 def _first_rows(mask: np.ndarray) -> list[int]:

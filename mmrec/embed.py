@@ -35,13 +35,14 @@ class EmbedConfig:
     """Options of :func:`embed_catalog`.
 
     Attributes:
-        text_columns: catalogue columns joined into item text (default: all but ``item_id``/``image_path``).
+        text_columns: catalogue columns joined into item text (default: all but ``image_path`` and id columns,
+            ``item_id`` and ``*_id``).
         images_root: folder that ``image_path`` values are relative to (default: the catalogue's folder).
         use_images: ``False`` embeds text only and ignores ``image_path``; image features already stored (and their
             hashes) are kept as they are.
         chunk_size: items encoded and committed per transaction.
         text: text encoder options.  image: image encoder options.
-        show_progress: progress bar over items (``None``: when more than 500 items).
+        show_progress: progress bar over items (``None``: when more than 100 items).
     """
 
     text_columns: Sequence[str] | None = None
@@ -55,6 +56,9 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if isinstance(self.text_columns, str):
+            raise ValueError(f"text_columns must be a list of column names, not the string {self.text_columns!r}; "
+                             f"pass [{self.text_columns!r}]")
 
 
 @dataclass
@@ -118,8 +122,8 @@ def embed_catalog(
     anything is written.
     """
     config = config or EmbedConfig()
-    store = store if isinstance(store, Store) else Store(store)
     rows = read_catalog(catalog, config.text_columns, config.images_root, config.use_images)
+    store = store if isinstance(store, Store) else Store(store)
     text_encoder = text_encoder or TextEncoder(config.text)
     if config.use_images and image_encoder is None:
         image_encoder = ImageEncoder(config.image)
@@ -128,7 +132,7 @@ def embed_catalog(
     report = EmbedReport()
     stored_hashes = store.item_hashes()
     stored_modalities = store.stored_modalities()
-    show = config.show_progress if config.show_progress is not None else len(rows) > 500
+    show = config.show_progress if config.show_progress is not None else len(rows) > 100
     with tqdm(total=len(rows), desc="embedding", unit="item", disable=not show) as bar:
         for start in range(0, len(rows), config.chunk_size):
             chunk = rows[start : start + config.chunk_size]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import _INT64_LIMIT, _id_strings, _ids_or_empty, _readable_timestamps, _timestamps, read_table
+from .data import _id_strings, _ids_or_empty, _readable_timestamps, _timestamps, read_table
 from .encoders.preprocess import clean_behaviour_texts
 from .recommender import Recommender
 from .store import Store
@@ -138,7 +138,9 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     if missing:
         raise ValueError(f"events file lacks column(s) {missing} (columns: {list(frame.columns)})")
     users, items = _ids_or_empty(frame["user_id"], "user_id"), _ids_or_empty(frame["item_id"], "item_id")
-    stamps = pd.to_numeric(frame["timestamp"], errors="coerce")
+    # read as training reads them (numbers, datetimes, date strings), so a file that trains also refreshes
+    seconds, readable = _readable_timestamps(frame["timestamp"])
+    stamps = pd.Series(seconds, index=frame.index)
     events = frame["event"].astype(str).str.strip() if "event" in frame.columns else pd.Series(
         rec.default_event, index=frame.index)
     text_column = next((c for c in ("text", "tag", "review", "query") if c in frame.columns), None)
@@ -147,8 +149,8 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     checks = [
         (users == "", "empty user_id"),
         (~items.isin(list(rec._position)), "unknown item_id (not in the store)"),
-        (stamps.isna() | (stamps != stamps.round()), "timestamp is not an integer (unix seconds)"),
-        (~((stamps >= -_INT64_LIMIT) & (stamps < _INT64_LIMIT)), "timestamp is infinite or beyond the int64 range"),
+        (pd.Series(~readable, index=frame.index),
+         "timestamp is missing, unreadable or beyond the int64 range (unix seconds or a date)"),
         (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
     ]
     for bad, reason in checks:
@@ -157,7 +159,7 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     rejected = [{"row": int(i) + 1, "user_id": users[i], "item_id": items[i], "reason": reasons[i]}
                 for i in np.flatnonzero(bad.to_numpy())]
     good = ~bad
-    rows = list(zip(users[good], stamps[good].astype(np.int64).tolist(), items[good], events[good], texts[good]))
+    rows = list(zip(users[good], stamps[good].tolist(), items[good], events[good], texts[good]))
     return rows, rejected
 
 

@@ -252,3 +252,12 @@ def test_context_batch_is_the_tail_of_the_context(real_split):
         assert (batch.items[~batch.mask] == real_split.n_items).all()
     whole = context_batch(real_split, "test", users, max_len=None)
     assert whole.lengths.tolist() == (real_split.train.lengths[users] + 1).tolist()
+
+
+def test_empty_interaction_files_name_the_file(tmp_path):
+    (tmp_path / "none.csv").write_text("")
+    with pytest.raises(ValueError, match="none.csv: the file is empty"):
+        load_interactions(tmp_path / "none.csv", CATALOG)
+    (tmp_path / "none.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="none.jsonl: the file holds no JSON objects"):
+        load_interactions(tmp_path / "none.jsonl", CATALOG)

@@ -45,3 +45,12 @@ def test_behaviour_text_case_does_not_change_the_embedding(text_encoder):
     # Lower-casing merges cache entries only because the default encoder is uncased: check that it is.
     a, b = text_encoder.encode(["Pixar", "pixar"])
     assert float(a @ b) > 0.9999
+
+
+def test_a_single_string_is_refused_not_read_character_by_character():
+    from mmrec.encoders import clean_behaviour_texts
+
+    with pytest.raises(ValueError, match="not a single string"):
+        extract_keyphrases("A great sci-fi movie")
+    with pytest.raises(ValueError, match="not a single string"):
+        clean_behaviour_texts("great sci-fi")

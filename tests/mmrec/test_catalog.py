@@ -45,3 +45,20 @@ def test_default_text_leaves_out_id_columns_and_the_image_path_and_explicit_colu
     assert row.text == "BRAND4242. genres: Animation, Comedy" and row.title == "BRAND4242"
     (row,) = read_catalog(path, text_columns=["title"], use_images=False)
     assert row.text == "Toy Story (1995)"
+
+
+def test_empty_or_wrongly_separated_catalogue_names_the_problem(tmp_path):
+    from mmrec.embed import EmbedConfig, embed_catalog
+
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv: the file is empty"):
+        read_catalog(tmp_path / "empty.csv")
+    (tmp_path / "tabs.csv").write_text("item_id\ttitle\n1\tToy Story (1995)\n")
+    with pytest.raises(ValueError, match="no 'item_id' column .* is the file tab-separated\\? name it .tsv"):
+        read_catalog(tmp_path / "tabs.csv")
+    # an invalid catalogue fails before the store folder is created
+    with pytest.raises(ValueError, match="tab-separated"):
+        embed_catalog(tmp_path / "tabs.csv", tmp_path / "store", EmbedConfig(use_images=False))
+    assert not (tmp_path / "store").exists()
+    with pytest.raises(ValueError, match=r"text_columns must be a list of column names, not the string 'title'"):
+        EmbedConfig(text_columns="title")
