@@ -1,6 +1,6 @@
 """Interactions, the catalogue item index, the leave-one-out split and padded sequence batches.
 
-Data flow (DESIGN.md, "Evaluation protocol")::
+Data flow (README, "Evaluation protocol")::
 
     catalogue rows ──► ItemIndex                      (catalogue item ids <-> dense indices 0..n_items-1)
     interaction rows ──► load_interactions ──► Interactions   (sorted by user, timestamp, item_id; CSR by user)
@@ -586,7 +586,8 @@ def _check_stage(stage: str) -> None:
 
 @dataclass(frozen=True)
 class Split:
-    """Chronological leave-one-out split (DESIGN.md): per kept user, last event = test, second last = valid.
+    """Chronological leave-one-out split (README, "Evaluation protocol"): per kept user, last event = test, second
+    last = valid.
 
     Users are addressed by their position ``0..n_users-1`` in the split (the ``user_index`` models receive);
     ``users (U,)`` maps positions to :class:`Interactions` user indices and ``user_ids (U,)`` to original ids.

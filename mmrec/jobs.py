@@ -103,7 +103,7 @@ def _event_log_rows(interactions, context_events, data: TrainingData) -> list[tu
 
 def evaluate_store(store_dir, interactions, context_events=None, stages=("valid", "test"), text_encoder=None
                    ) -> dict:
-    """DESIGN.md protocol metrics of the store's model: ``{stage: metrics}``, cold-item metrics included."""
+    """Metrics of the store's model under the README's evaluation protocol: ``{stage: metrics}``, cold items included."""
     rec = Recommender.load(store_dir, device="cpu")
     data = load_training_data(rec.store, interactions, context_events, text_encoder)
     if list(data.item_ids) != rec.meta["item_ids"]:

@@ -1,6 +1,6 @@
 """Quality report: every model on the identical split, 3 seeds, warm and cold, with a paired bootstrap.
 
-Two protocols (DESIGN.md; issue "Quality"):
+Two protocols (README, "Evaluation protocol"):
 
 - ``standard``: chronological leave-one-out, full ranking, history excluded. "warm" = users whose test item occurs
   in training, "cold" = the rest (on ml-latest-small: items rated once, by that user, last).

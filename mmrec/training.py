@@ -2,7 +2,7 @@
 
 Objective: next-item cross-entropy over every item seen in training (full softmax, no sampled negatives), the
 re-ranker's loss, the fusion's contrastive alignment and the cold-item loss (see :class:`~mmrec.model.ModelConfig`).
-Early stopping on validation NDCG@10 of an average of the weights, under the DESIGN.md protocol; seeded and
+Early stopping on validation NDCG@10 of an average of the weights, under the README's evaluation protocol; seeded and
 reproducible on CPU.
 """
 
@@ -256,7 +256,7 @@ def evaluate_model(
     model: MultimodalRecommender, data: TrainingData, stage: str = "test", max_len: int = 50,
     batch_size: int = 256, users: np.ndarray | None = None,
 ) -> EvalResult:
-    """Full-ranking evaluation of ``model`` under the DESIGN.md protocol (see :func:`mmrec.evaluation.evaluate`)."""
+    """Full-ranking evaluation of ``model`` under the README's evaluation protocol (see :func:`mmrec.evaluation.evaluate`)."""
     model.eval()
     device = next(model.parameters()).device
     vectors = model.item_vectors(data.features.to(device))

@@ -3,8 +3,8 @@
     python scripts/compare_modalities.py --store STORE --interactions CSV [--context-events CSV]
         [--variants id,text,image,text+image,text+image+id] [--epochs 30] [--seed 0] [--json]
 
-Prints test (and cold-item test) Recall@10/20, NDCG@10/20, MRR@10 per variant beside popularity, under the
-DESIGN.md protocol. Models are trained in memory; the store is only read. `id` alone is the same GRU on item IDs
+Prints test (and cold-item test) Recall@10/20, NDCG@10/20, MRR@10 per variant beside popularity, under
+the README's evaluation protocol. Models are trained in memory; the store is only read. `id` alone is the same GRU on item IDs
 (a GRU4Rec equivalent).
 """
 
