@@ -23,14 +23,100 @@ def _csv_list(value: str) -> list[str]:
     return items
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv_list(value)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {value!r}") from None
+
+
+def _names_list(valid: Callable[[str], bool], choices: str) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated list whose every name passes ``valid``; the error lists the valid names."""
+    def names(value: str) -> list[str]:
+        items = _csv_list(value)
+        unknown = [v for v in items if not valid(v)]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, unknown))}; choose from {choices}")
+        return items
+    return names
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _device(value: str) -> str:
+    """argparse type of ``--device``: ``auto`` or a torch device string (whether it exists is checked before the
+    command runs, see :func:`_check_device`)."""
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in _DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _check_device(value: str) -> None:
+    """Fail before any work when ``--device`` names hardware this machine lacks."""
+    if value == "auto":
+        return
+    import torch
+
+    device = torch.device(value)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {value}: no CUDA device on this machine (use --device cpu or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {value}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {value}: MPS is not available on this machine (use --device cpu or auto)")
+
+
+def _require_file(option: str, path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"{option} {path}: {what}")
+
+
+def _require_folder_or_absent(option: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{option} {path}: exists and is not a folder")
+
+
+def _require_store(path: Path) -> None:
+    from .store import DB_NAME
+
+    if not (path / DB_NAME).is_file():
+        raise FileNotFoundError(f"--store {path}: not an mmrec store (expected {DB_NAME} inside; "
+                                "make one with `mmrec embed CATALOG --store ...`)")
+
+
 def _print_json_last(payload: dict) -> None:
     sys.stdout.flush()
     print(json.dumps(payload, default=str))
 
 
+def _fail(args: argparse.Namespace, message: object, code: int = EXIT_FAILED) -> int:
+    """Print ``error: message`` to stderr (and, under ``--json``, ``{"error", "exit"}`` as the last stdout line)."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json_last({"error": str(message), "exit": code})
+    return code
+
+
+_TABLE_FORMATS = ".csv, .tsv, .jsonl/.ndjson/.json or .parquet"
+_JSON_HELP = 'print one JSON summary as the last stdout line (on failure: {"error": MESSAGE, "exit": 1})'
+
+
 # -- embed ----------------------------------------------------------------------------------------------------
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("catalog", type=Path, help="CSV, JSONL or Parquet with item_id, text columns, image_path")
+    parser.add_argument("catalog", type=Path,
+                        help=f"catalogue file ({_TABLE_FORMATS}) with item_id, text columns[, image_path]")
     parser.add_argument("--store", type=Path, required=True, help="store folder (created when absent)")
     parser.add_argument("--images-root", type=Path, default=None,
                         help="folder image_path is relative to (default: the catalogue's folder)")
@@ -41,8 +127,9 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
     parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
-    parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -50,6 +137,8 @@ def run_embed(args: argparse.Namespace) -> int:
     from .encoders.image import ImageEncoderConfig
     from .encoders.text import TextEncoderConfig
 
+    _require_file("catalog", args.catalog)
+    _require_folder_or_absent("--store", args.store)
     text = TextEncoderConfig(precision=args.precision, device=args.device)
     image = ImageEncoderConfig(precision=args.precision, device=args.device)
     if args.batch_size:
@@ -77,15 +166,31 @@ def run_embed(args: argparse.Namespace) -> int:
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="store folder made by `mmrec embed`")
     parser.add_argument("--interactions", type=Path, required=True,
-                        help="CSV/JSONL/Parquet with user_id, item_id, timestamp[, event]")
+                        help=f"{_TABLE_FORMATS} file with user_id, item_id, timestamp[, event]")
     parser.add_argument("--context-events", type=Path, default=None,
-                        help="optional text-bearing events (user_id, item_id, timestamp, text|tag|review|query"
-                             "[, event]), e.g. MovieLens tags.csv: GRU inputs, never prediction targets")
-    parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+                        help=f"optional text-bearing events ({_TABLE_FORMATS}: user_id, item_id, timestamp, "
+                             "text|tag|review|query[, event]), e.g. MovieLens tags.csv: GRU inputs, never prediction "
+                             "targets")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+
+
+def _add_unknown_items_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unknown-items", choices=["error", "drop"], default="error",
+                        help="interaction rows naming an item that is not in the store: fail naming them (default) "
+                             "or drop them")
+
+
+def _check_data_arguments(args: argparse.Namespace) -> None:
+    _require_store(args.store)
+    _require_file("--interactions", args.interactions)
+    _require_file("--context-events", args.context_events)
 
 
 _NEW_ITEM_RECALL_RATIO_HELP = ("lift new (untrained) items until their users' validation Recall@20 reaches this "
                                "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
+
+
+_SIGNALS = ("text", "image", "id")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,20 +204,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--modalities", type=_csv_list, default=["text", "image", "id"],
+    parser.add_argument("--modalities", type=_names_list(lambda m: m in _SIGNALS, ", ".join(_SIGNALS)),
+                        default=["text", "image", "id"],
                         help="item signals: any of text,image,id (id alone = a GRU4Rec-style baseline)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
+    _add_unknown_items_argument(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .jobs import train_store
     from .training import TrainConfig
 
-    unknown = set(args.modalities) - {"text", "image", "id"}
-    if unknown:
-        raise ValueError(f"--modalities: unknown {sorted(unknown)}; choose from text, image, id")
+    _check_data_arguments(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len,
                          learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, device=args.device,
                          new_item_recall_ratio=args.new_item_recall_ratio,
@@ -120,7 +225,8 @@ def run_train(args: argparse.Namespace) -> int:
     config.model.use_text = "text" in args.modalities
     config.model.use_image = "image" in args.modalities
     config.model.use_id = "id" in args.modalities
-    summary = train_store(args.store, args.interactions, args.context_events, config)
+    summary = train_store(args.store, args.interactions, args.context_events, config,
+                          unknown_items=args.unknown_items)
     valid = summary["valid"]
     print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "
           f"recall@10 {valid['recall@10']:.4f}; {summary['seconds_per_epoch']:.1f} s/epoch")
@@ -142,12 +248,18 @@ def format_metrics(results: dict) -> str:
     return "\n".join(lines)
 
 
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser)
+    _add_unknown_items_argument(parser)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from .jobs import evaluate_store
 
-    results = evaluate_store(args.store, args.interactions, args.context_events)
+    _check_data_arguments(args)
+    results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items)
     print(format_metrics(results))
     if args.json:
         flat = {}
@@ -162,17 +274,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="trained store")
     parser.add_argument("--events", type=Path, default=None,
-                        help="CSV/JSONL/Parquet of new events: user_id, item_id, timestamp[, event][, text]")
+                        help=f"new events ({_TABLE_FORMATS}): user_id, item_id, timestamp[, event][, text]")
     parser.add_argument("--rebuild", action="store_true", help="recompute every user from the event log")
-    parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
 
 
 def run_refresh(args: argparse.Namespace) -> int:
     from .jobs import refresh_store
 
     if args.events is None and not args.rebuild:
-        print("error: give --events FILE, --rebuild, or both", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
+    _require_store(args.store)
+    _require_file("--events", args.events)
     report = refresh_store(args.store, args.events, rebuild=args.rebuild)
     for rejected in report.rejected:
         print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
@@ -229,17 +342,32 @@ def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _our_variant(value: str) -> str:
+    from .report import OUR_VARIANTS, is_ours
+
+    if not is_ours(value):
+        raise argparse.ArgumentTypeError(f"unknown {value!r}; choose our model's item signals joined by '+', e.g. "
+                                         f"{', '.join(OUR_VARIANTS)}")
+    return value
+
+
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    from .report import QualityConfig
+    from .baselines import BASELINES
+    from .report import OUR_VARIANTS, PROTOCOLS, QualityConfig, is_ours
 
     defaults = QualityConfig()
+    model_names = (f"{', '.join(BASELINES)} or our model's item signals joined by '+' "
+                   f"({', '.join(OUR_VARIANTS)})")
     _add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md, results.json, PNGs")
-    parser.add_argument("--models", type=_csv_list, default=list(defaults.models),
+    parser.add_argument("--models", type=_names_list(lambda m: m in BASELINES or is_ours(m), model_names),
+                        default=list(defaults.models),
                         help=f"baselines and our variants (default: all of {','.join(defaults.models)})")
-    parser.add_argument("--seeds", type=lambda v: [int(s) for s in _csv_list(v)], default=list(defaults.seeds))
-    parser.add_argument("--protocols", type=_csv_list, default=list(defaults.protocols), help="standard,cold")
-    parser.add_argument("--ours", default=defaults.ours,
+    parser.add_argument("--seeds", type=_int_list, default=list(defaults.seeds),
+                        help=f"comma-separated integers (default {','.join(map(str, defaults.seeds))})")
+    parser.add_argument("--protocols", type=_names_list(lambda p: p in PROTOCOLS, ", ".join(PROTOCOLS)),
+                        default=list(defaults.protocols), help=f"any of {','.join(PROTOCOLS)} (default: all)")
+    parser.add_argument("--ours", default=defaults.ours, type=_our_variant,
                         help=f"our variant the win, bootstrap and cold checks are computed for (default {defaults.ours})")
     parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="our model's maximum epochs")
     parser.add_argument("--patience", type=int, default=defaults.train.patience)
@@ -254,7 +382,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference results (markdown table with an NDCG@10 column), e.g. "
                              "../shared/baselines/ml-latest-small.md")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default=defaults.device, help="auto (CUDA when available), cpu, cuda...")
+    parser.add_argument("--device", type=_device, default=defaults.device,
+                        help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--no-train", action="store_true",
                         help="only rebuild the report from the runs already in OUT/runs.jsonl")
 
@@ -262,10 +391,24 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     import logging
 
-    from .report import QualityConfig, run_report as report
+    from .report import QualityConfig, read_reference, run_report as report
     from .store import Store
     from .training import TrainConfig
 
+    # Everything checkable is checked here: the first run_report reads only after hours of training.
+    _require_store(args.store)
+    if not args.no_train:
+        _require_file("--interactions", args.interactions)
+        _require_file("--context-events", args.context_events)
+    _require_file("--reference", args.reference)
+    if args.reference is not None:
+        try:
+            found = read_reference(args.reference)
+        except ValueError as error:  # includes UnicodeDecodeError
+            raise ValueError(f"--reference {args.reference}: {error}") from error
+        if not found:
+            raise ValueError(f"--reference {args.reference}: no markdown table with an NDCG@10 column and model rows")
+    _require_folder_or_absent("--out", args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     config = QualityConfig(
         models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
@@ -290,7 +433,7 @@ def run_report(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "embed": ("embed new or changed catalogue items into a store", add_embed_arguments, run_embed),
     "train": ("train fusion + GRU + scorer on a store's features", add_train_arguments, run_train),
-    "evaluate": ("evaluate the store's model under the leave-one-out protocol", _add_data_arguments, run_evaluate),
+    "evaluate": ("evaluate the store's model under the leave-one-out protocol", add_evaluate_arguments, run_evaluate),
     "demo": ("embed, train, evaluate and recommend on the bundled MovieLens data", add_demo_arguments, run_demo),
     "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, run_refresh),
     "report": ("train every model on the same split (3 seeds, warm and cold) and write a quality report",
@@ -316,12 +459,17 @@ def run_command(name: str, argv: Sequence[str] | None = None) -> int:
 
 
 def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; expected failures (bad input, missing files, no such device) become ``error: ...`` on
+    stderr and exit 1, never a traceback."""
     try:
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         return run(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:  # includes ModelLoadError
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_FAILED
+    except (ValueError, KeyError, OSError, RuntimeError) as error:  # ValueError includes ModelLoadError
+        message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        if hasattr(args, "unknown_items"):  # the library's hint names its keyword; on the command line it's a flag
+            message = message.replace("pass unknown_items='drop'", "pass --unknown-items drop")
+        return _fail(args, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

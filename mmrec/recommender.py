@@ -311,11 +311,15 @@ class Recommender:
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
         users when ``user_ids`` is None (after a retrain). Returns the number of users rebuilt."""
-        logs = self.store.user_events(user_ids)
-        users = [u for u in logs if logs[u]]
+        ids = self.store.logged_users() if user_ids is None else list(dict.fromkeys(str(u) for u in user_ids))
+        rebuilt = 0
         with self.store.transaction():
-            for start in range(0, len(users), batch_users):
-                chunk = users[start : start + batch_users]
+            for start in range(0, len(ids), batch_users):
+                # one batch of logs in memory at a time: a full rebuild never holds the whole event log
+                logs = self.store.user_events(ids[start : start + batch_users])
+                chunk = [u for u in logs if logs[u]]
+                if not chunk:
+                    continue
                 seqs = [self._sorted([r for r in logs[u] if r[1] in self._position])[-self.max_len :] for u in chunk]
                 h, interest = self.advance(seqs, None, [None] * len(chunk))
                 self.store.put_users([
@@ -323,7 +327,8 @@ class Recommender:
                               seqs[i][-1][0] if seqs[i] else None, len(logs[u]))
                     for i, u in enumerate(chunk)
                 ])
-        return len(users)
+                rebuilt += len(chunk)
+        return rebuilt
 
 
 _EMBED_HINT = {"text": "its text columns (--text-columns)", "image": "images (--images-root, without --no-images)"}

@@ -340,6 +340,10 @@ class Store:
         fresh[[p for (p,) in seen]] = False
         return fresh
 
+    def logged_users(self) -> list[str]:
+        """Every user with at least one logged event."""
+        return [u for (u,) in self._db.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
+
     def seen_items(self, user_id: str) -> set[str]:
         """Items in any of the user's logged events (what ``recommend`` leaves out), without reading the log."""
         rows = self._db.execute("SELECT DISTINCT item_id FROM events WHERE user_id = ?", (str(user_id),))

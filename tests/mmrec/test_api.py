@@ -1,6 +1,8 @@
 """The Python API and the batch refresh, on a model trained on a real slice of MovieLens (text features)."""
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +12,11 @@ import pytest
 import torch
 
 from mmrec import Recommender, Store
+from mmrec.cli import EXIT_OK, main
 from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.jobs import evaluate_store, refresh_store, train_store
 from mmrec.model import ModelLoadError
+from mmrec.store import UserState
 from mmrec.training import TrainConfig
 
 from ..conftest import REPO, write_movielens_slice
@@ -30,6 +34,32 @@ def trained(tmp_path_factory, text_encoder):
     rec = Recommender.load(store_dir, device="cpu")
     rec._text_encoder = text_encoder
     return folder, store_dir, rec, summary
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, text_encoder):
+    """``evaluate_store`` of the trained store (valid and test), computed once for the tests that read it."""
+    folder, store_dir, _, _ = trained
+    return evaluate_store(store_dir, folder / "interactions.csv", folder / "tags.csv", text_encoder=text_encoder)
+
+
+PROBE = ["260", "1210", "17", "2571", "318", "1196"]
+
+
+def _reference_top(rec, interest, exclude, k):
+    """Top ``k`` item ids in the order evaluation measures (``MultimodalRecommender.rerank``) for ``interest``, with
+    the items ``exclude`` masked out, computed without ``Recommender.recommend``."""
+    with torch.no_grad():
+        dot = rec.item_vectors @ interest + rec.model.config.new_item_bias * rec._new_items
+        if exclude:
+            dot[torch.tensor([rec.item_ids.index(i) for i in exclude])] = float("-inf")
+        scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
+    return [rec.item_ids[i] for i in scores.topk(k).indices.tolist()]
+
+
+def _history(log):
+    """A stored event log ``[(timestamp, item_id, event, text)]`` as a ``score(history=...)`` argument."""
+    return [(item, event, ts, text) for ts, item, event, text in log]
 
 
 def test_training_summary_and_files(trained):
@@ -75,14 +105,35 @@ def test_recommend_excludes_seen_items_and_is_sorted(trained):
     assert probabilities == sorted(probabilities, reverse=True)
     seen = {row[1] for row in rec.store.user_events(["1"])["1"]}
     assert not seen & {i for i, _ in top}
-    assert len(rec.recommend("1", k=10, exclude_seen=False)) == 10
 
 
-def test_unknown_user_gets_the_cold_user_fallback(trained):
+def test_recommend_with_exclude_seen_false_ranks_seen_items_too(trained):
     _, _, rec, _ = trained
-    scores = rec.score("never-seen-user", ["260", "1210"])
-    assert np.isfinite(scores).all()
-    assert len(rec.recommend("never-seen-user", k=5)) == 5
+    seen = {row[1] for row in rec.store.user_events(["1"])["1"]}
+    everything = rec.recommend("1", k=20, exclude_seen=False)
+    ids = [i for i, _ in everything]
+    # user 1 rated many of the slice's movies and the model ranks some of them among its best: only
+    # exclude_seen=False may return them
+    assert seen & set(ids)
+    assert not seen & {i for i, _ in rec.recommend("1", k=20)}
+    assert ids == _reference_top(rec, rec._user_interest("1"), set(), 20)
+    np.testing.assert_allclose([p for _, p in everything], rec.score("1", ids), rtol=1e-5)
+
+
+def test_unknown_user_is_scored_from_the_models_learned_initial_state(trained):
+    _, _, rec, _ = trained
+    with torch.no_grad():
+        initial = rec.model.interest_model.interest(rec.model.interest_model.initial(1))[0]
+        vectors = rec.item_vectors[[rec.item_ids.index(i) for i in PROBE]][None]
+        expected = rec.model.scorer.probability(initial[None], vectors)[0].numpy()
+        from_zero = rec.model.scorer.probability(torch.zeros_like(initial)[None], vectors)[0].numpy()
+    # the learned initial interest is not a zero vector, and scores from it differ from a zero interest's
+    assert float(initial.norm()) > 1e-3 and np.abs(expected - from_zero).max() > 1e-4
+    np.testing.assert_allclose(rec.score("never-seen-user", PROBE), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec.score(history=[], item_ids=PROBE), expected, rtol=1e-5, atol=1e-6)
+    served = rec.recommend("never-seen-user", k=10)
+    assert [i for i, _ in served] == _reference_top(rec, initial, set(), 10)
+    assert "never-seen-user" not in rec.store.get_users(["never-seen-user"])  # scoring stores no state
 
 
 def test_history_scoring_matches_the_stored_user(trained):
@@ -160,14 +211,45 @@ def test_refresh_script_exit_status_and_json(trained, tmp_path):
     assert summary["events_applied"] == 1 and summary["rejected"] == []
 
 
-def test_evaluate_reports_protocol_metrics(trained, text_encoder):
-    folder, store_dir, _, _ = trained
-    results = evaluate_store(store_dir, folder / "interactions.csv", folder / "tags.csv", text_encoder=text_encoder)
+METRIC_KEYS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10"}
+
+
+def test_evaluate_reports_each_stage_on_its_own_targets(trained, evaluated, text_encoder):
+    from mmrec.training import evaluate_model, load_training_data
+
+    folder, store_dir, rec, _ = trained
+    counts = pd.read_csv(folder / "interactions.csv").user_id.value_counts()
     for stage in ("valid", "test"):
-        assert {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "cold_recall@20"} <= set(results[stage])
-        counts = pd.read_csv(folder / "interactions.csv").user_id.value_counts()
-        assert results[stage]["n_users"] == int((counts >= 5).sum())
-        assert results[stage]["recall@20"] >= results[stage]["recall@10"]
+        assert METRIC_KEYS | {f"cold_{m}" for m in METRIC_KEYS} <= set(evaluated[stage])
+        assert evaluated[stage]["n_users"] == int((counts >= 5).sum())
+        assert evaluated[stage]["recall@20"] >= evaluated[stage]["recall@10"]
+    # The test stage is measured on each user's last interaction, not on the validation one: its metrics equal a
+    # separate evaluation of the test stage alone and differ from the validation metrics.
+    data = load_training_data(Store(store_dir), folder / "interactions.csv", folder / "tags.csv", text_encoder)
+    test = evaluate_model(rec.model, data, "test", rec.max_len).metrics
+    assert any(test[m] != pytest.approx(evaluated["valid"][m]) for m in METRIC_KEYS)
+    for m in METRIC_KEYS:
+        assert evaluated["test"][m] == pytest.approx(test[m], rel=1e-6), m
+
+
+def test_evaluate_cli_prints_one_json_object_with_every_stages_metrics(trained, evaluated, capsys):
+    folder, store_dir, _, _ = trained
+    code = main(["evaluate", "--store", str(store_dir), "--interactions", str(folder / "interactions.csv"),
+                 "--context-events", str(folder / "tags.csv"), "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == EXIT_OK
+    flat = json.loads(out[-1])
+    # test metrics under their own names, validation ones prefixed valid_; NaN (no cold users) is null
+    expected = {(k if stage == "test" else f"valid_{k}"): v for stage in ("valid", "test")
+                for k, v in evaluated[stage].items()}
+    assert set(flat) == set(expected)
+    assert any(flat[m] != flat[f"valid_{m}"] for m in METRIC_KEYS)  # the two stages are not interchangeable
+    assert METRIC_KEYS | {"n_users", "n_cold_users"} | {f"valid_{m}" for m in METRIC_KEYS} <= set(flat)
+    for key, value in expected.items():
+        if isinstance(value, float) and math.isnan(value):
+            assert flat[key] is None, key
+        else:
+            assert flat[key] == pytest.approx(value, rel=1e-6), key
 
 
 def test_load_refuses_features_from_another_encoder(trained, tmp_path):
@@ -185,13 +267,10 @@ def test_load_refuses_features_from_another_encoder(trained, tmp_path):
         Recommender.load(Store(tmp_path / "empty").path)
 
 
-def test_a_newly_embedded_item_is_recommendable_with_the_lift_training_chose(trained, tmp_path, text_encoder):
-    import shutil
-
+def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(trained, tmp_path, text_encoder):
     folder, store_dir, _, _ = trained
-    saved = json.loads((store_dir / "model" / "config.json").read_text())["model"]
-    assert (saved["new_item_bias"] > 0) == (saved["new_item_logit_bias"] > 0)
-    # A movie added to the catalogue after training: embedded from its text alone, no ID, no interactions.
+    # A real movie outside the training slice, added to a copy of the store after training: embedded from its
+    # text alone, no ID, no interactions.
     copy = tmp_path / "store-copy"
     shutil.copytree(store_dir, copy)
     catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
@@ -200,11 +279,123 @@ def test_a_newly_embedded_item_is_recommendable_with_the_lift_training_chose(tra
     pd.concat([catalogue, newcomer]).to_csv(tmp_path / "items.csv", index=False)
     embed_catalog(tmp_path / "items.csv", copy, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
                   text_encoder=text_encoder)
+    rec = Recommender.load(copy, device="cpu")  # its own model config: the shared fixture's stays untouched
+    new_id, config = newcomer.item_id.iloc[0], rec.model.config
+    assert new_id in rec.item_ids and new_id not in rec.meta["item_ids"]
+    config.new_item_bias = config.new_item_logit_bias = 0.0
+
+    def rank(user):
+        return [i for i, _ in rec.recommend(user, k=len(rec.item_ids))].index(new_id)
+
+    def lifts(user):
+        """1.5 std of the user's retrieval scores and re-ranker logits over the catalogue (the README's scale)."""
+        with torch.no_grad():
+            interest = rec._user_interest(user)
+            return (1.5 * float((rec.item_vectors @ interest).std()),
+                    1.5 * float(rec.model.scorer.logits(interest[None], rec.item_vectors[None])[0].std()))
+
+    def ranks(user):
+        """(rank by retrieval alone, rank by retrieval lifted by 1e3 so the new item is re-ranked), no lifts."""
+        config.scorer.rerank = 0
+        by_dot = rank(user)
+        config.scorer.rerank, config.new_item_bias = 100, 1e3
+        reranked = rank(user)
+        config.new_item_bias = 0.0
+        return by_dot, reranked
+
+    # recommendable at once, and (for this user) not already first either way, so a lift has room to act
+    user = next(u for u in ("1", "7", "13", "20", "42", "68") if min(ranks(u)) > 0)
+    by_dot, reranked = ranks(user)
+    assert reranked < 100
+    unlifted = rec.score(user, [new_id, "260", "1210"])
+    dot_lift, logit_lift = lifts(user)
+
+    # the retrieval lift moves the new item up the dot-product order (rerank=0: retrieval alone)
+    config.scorer.rerank, config.new_item_bias = 0, dot_lift
+    assert rank(user) < by_dot
+    # the re-ranker's logit lift moves it up among the re-ranked candidates
+    config.scorer.rerank, config.new_item_bias, config.new_item_logit_bias = 100, 1e3, logit_lift
+    lifted = rec.recommend(user, k=len(rec.item_ids))
+    assert [i for i, _ in lifted].index(new_id) < reranked
+    # score, and the probabilities recommend reports, are the re-ranker's unlifted ones
+    np.testing.assert_array_equal(rec.score(user, [new_id, "260", "1210"]), unlifted)
+    assert dict(lifted)[new_id] == pytest.approx(float(unlifted[0]), rel=1e-5)
+
+
+def test_feature_matrix_of_a_modality_the_store_lacks_has_no_columns(trained):
+    _, store_dir, _, _ = trained
+    store = Store(store_dir, create=False)
+    ids, images, present = store.feature_matrix("image")
+    assert ids == store.item_ids() and len(ids) == 800
+    assert images.shape == (800, 0) and images.dtype == np.float32 and present.shape == (800,) and not present.any()
+    ids, texts, present = store.feature_matrix("text", ["260", "1210"])
+    assert ids == ["260", "1210"] and texts.shape == (2, 384) and present.all() and np.abs(texts).sum(1).min() > 0
+    assert store.feature_matrix("image", ["260", "1210"])[1].shape == (2, 0)
+
+
+def test_refresh_rebuild_recomputes_every_user_from_the_log(trained, tmp_path, capsys):
+    _, store_dir, _, _ = trained
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
     rec = Recommender.load(copy, device="cpu")
-    new_id = newcomer.item_id.iloc[0]
-    assert new_id in rec.item_ids and float(rec.score("1", [new_id])[0]) >= 0.0
-    rec.model.config.new_item_bias = rec.model.config.new_item_logit_bias = 1e3
-    assert rec.recommend("1", k=3)[0][0] == new_id
+    logs = rec.store.user_events()
+    users = sorted(u for u, rows in logs.items() if rows)
+    original = rec.store.get_users(users)
+    assert len(users) >= 149
+
+    def wipe():  # stored states that no longer match the log: only a recompute restores them
+        store = Store(copy, create=False)
+        store.put_users([UserState(u, s.model, np.zeros_like(s.state), np.zeros_like(s.interest), s.last_timestamp,
+                                   s.n_events) for u, s in original.items()])
+        store.close()
+
+    def assert_recomputed():
+        rebuilt = Store(copy, create=False).get_users(users)
+        for u in users:
+            np.testing.assert_allclose(rebuilt[u].interest, original[u].interest, rtol=1e-4, atol=1e-5, err_msg=u)
+        for u in ("1", "7"):  # equal to a fresh computation from the log
+            np.testing.assert_allclose(rec.score(u, PROBE), rec.score(history=_history(logs[u]), item_ids=PROBE),
+                                       rtol=1e-5, atol=1e-6)
+
+    wipe()
+    report = refresh_store(copy, rebuild=True)
+    assert (report.users_recomputed, report.users_refreshed, report.events_applied) == (len(users), len(users), 0)
+    assert_recomputed()
+
+    wipe()
+    assert main(["refresh", "--store", str(copy), "--rebuild", "--json"]) == EXIT_OK
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["users_recomputed"] == len(users) and summary["rejected"] == []
+    assert_recomputed()
+
+
+def test_refresh_recomputes_users_with_an_older_event_from_their_log(trained, tmp_path):
+    _, store_dir, rec, _ = trained
+    logs = rec.store.user_events([str(u) for u in range(12, 151)])
+    # a trained user with a short history (so the late event stays within max_len) that no other test touches
+    old_user = next(u for u, rows in logs.items() if 5 <= len(rows) <= 30 and not any(r[1] == "1210" for r in rows))
+    new_user = "late-refresh-user"
+    pd.DataFrame({"user_id": [new_user, new_user], "item_id": ["260", "1210"], "timestamp": [5_000, 6_000]}).to_csv(
+        tmp_path / "first.csv", index=False)
+    first = refresh_store(store_dir, tmp_path / "first.csv")
+    assert (first.events_applied, first.users_recomputed) == (2, 0)
+
+    before = {old_user: rec.score(old_user, PROBE), new_user: rec.score(new_user, PROBE)}
+    earliest = logs[old_user][0][0]
+    pd.DataFrame({"user_id": [new_user, old_user, "in-order-refresh-user"], "item_id": ["1196", "1210", "296"],
+                  "timestamp": [5_500, earliest - 86_400, 7_000]}).to_csv(tmp_path / "late.csv", index=False)
+    report = refresh_store(store_dir, tmp_path / "late.csv")
+    assert (report.users_refreshed, report.events_applied, report.users_recomputed) == (3, 3, 2)
+    after = rec.store.user_events([new_user, old_user])
+    assert [r[:2] for r in after[new_user]] == [(5_000, "260"), (5_500, "1196"), (6_000, "1210")]
+    assert after[old_user][0][:2] == (earliest - 86_400, "1210") and len(after[old_user]) == len(logs[old_user]) + 1
+    for user in (new_user, old_user):  # the late event sits in time order, as a recompute from the log puts it
+        scores = rec.score(user, PROBE)
+        assert not np.allclose(scores, before[user])
+        np.testing.assert_allclose(scores, rec.score(history=_history(after[user]), item_ids=PROBE),
+                                   rtol=1e-5, atol=1e-6)
+    state = rec.store.get_users([new_user])[new_user]
+    assert (state.last_timestamp, state.n_events) == (6_000, 3)
 
 
 def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mmrec import Recommender, Store
-from mmrec.cli import EXIT_USAGE, main
+from mmrec.cli import EXIT_FAILED, EXIT_REJECTED, EXIT_USAGE, main
 from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.jobs import refresh_store, train_store
 from mmrec.model import ModelConfig, ModelLoadError
@@ -27,6 +27,12 @@ def _one_epoch(use_image: bool) -> TrainConfig:
 def _logged_interactions(store_dir: Path) -> set[tuple[str, int, str]]:
     logs = Store(store_dir).user_events()
     return {(user, ts, item) for user, rows in logs.items() for ts, item, event, _ in rows if event == "interaction"}
+
+
+def _input_interactions(path: Path) -> set[tuple[str, int, str]]:
+    """The training input's ``(user_id, timestamp, item_id)`` rows, read independently of mmrec."""
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str})
+    return set(zip(frame.user_id, frame.timestamp.astype(int), frame.item_id))
 
 
 def _logged_tags(store_dir: Path) -> set[tuple[str, int, str, str]]:
@@ -52,17 +58,25 @@ def _train(folder: Path, name: str, interactions: Path, tags: Path | None, text_
 
 
 @pytest.fixture(scope="module")
-def trained(folder, text_encoder) -> tuple[Path, Recommender]:
-    """A text-only model (``use_image=False``) trained on the slice with its tags, loaded on the text-only store."""
+def trained_with_tags(folder, text_encoder) -> tuple[Path, Recommender, set]:
+    """A text-only model (``use_image=False``) trained on the slice with its tags, loaded on the text-only store,
+    and the tag events training logged (read before any test adds events to the store)."""
     store_dir = _train(folder, "trained", folder / "interactions.csv", folder / "tags.csv", text_encoder)
     rec = Recommender.load(store_dir, device="cpu")
     rec._text_encoder = text_encoder
-    return store_dir, rec
+    return store_dir, rec, _logged_tags(store_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_with_tags) -> tuple[Path, Recommender]:
+    """The trained store and its Recommender. Tests add events to it: compare against the training input, never
+    against this store's current log."""
+    return trained_with_tags[:2]
 
 
 # -- train: the event log reads timestamps and ids as load_interactions does ------------------------------------
-def test_train_logs_iso_date_strings_as_unix_seconds(folder, trained, text_encoder):
-    store_dir, _ = trained
+def test_train_logs_iso_date_strings_as_unix_seconds(folder, trained_with_tags, text_encoder):
+    _, _, plain_tags = trained_with_tags
     interactions = pd.read_csv(folder / "interactions.csv")
     iso = pd.to_datetime(interactions.timestamp, unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S")
     interactions.assign(timestamp=iso).to_csv(folder / "iso-interactions.csv", index=False)
@@ -74,15 +88,14 @@ def test_train_logs_iso_date_strings_as_unix_seconds(folder, trained, text_encod
 
     # training reads the tags' date strings too (it used to drop every tag row whose timestamp was not a number)
     iso_store = _train(folder, "iso", folder / "iso-interactions.csv", folder / "iso-tags.csv", text_encoder)
-    assert _logged_interactions(iso_store) == _logged_interactions(store_dir)
-    assert _logged_tags(iso_store) == _logged_tags(store_dir) and _logged_tags(store_dir)
+    assert _logged_interactions(iso_store) == _input_interactions(folder / "interactions.csv")
+    assert _logged_tags(iso_store) == plain_tags and plain_tags
     assert len(_logged_interactions(iso_store)) == len(interactions)
     assert Store(iso_store).get_users(["1"])["1"].last_timestamp == int(
         interactions[interactions.user_id == 1].timestamp.max())
 
 
-def test_train_logs_a_parquet_datetime_column_as_unix_seconds(folder, trained, text_encoder):
-    store_dir, _ = trained
+def test_train_logs_a_parquet_datetime_column_as_unix_seconds(folder, text_encoder):
     interactions = pd.read_csv(folder / "interactions.csv", dtype={"user_id": str, "item_id": str})
     as_dates = interactions.assign(timestamp=pd.to_datetime(interactions.timestamp, unit="s"))
     as_dates.to_parquet(folder / "interactions.parquet")
@@ -90,7 +103,7 @@ def test_train_logs_a_parquet_datetime_column_as_unix_seconds(folder, trained, t
 
     parquet_store = _train(folder, "parquet", folder / "interactions.parquet", None, text_encoder)
     logged = _logged_interactions(parquet_store)
-    assert logged == _logged_interactions(store_dir)
+    assert logged == _input_interactions(folder / "interactions.csv")
     assert max(ts for _, ts, _ in logged) == int(interactions.timestamp.max())
 
 
@@ -154,6 +167,40 @@ def test_refresh_jsonl_with_a_missing_field_still_applies_the_valid_rows(trained
     logs = Store(store_dir).user_events(["9001", "9002"])
     assert logs["9001"] == [(2000000000, "1210", rec.default_event, "")]
     assert logs["9002"] == [(2000000030, "260", rec.default_event, "")]
+
+
+def test_refresh_cli_exits_3_when_rows_are_rejected_and_1_on_invalid_input(trained, tmp_path, capsys):
+    store_dir, rec = trained
+    (tmp_path / "mixed.csv").write_text("user_id,item_id,timestamp\n"
+                                        "cli-rejected,260,2000000000\n"
+                                        "cli-rejected,no-such-item,2000000010\n")
+    code = main(["refresh", "--store", str(store_dir), "--events", str(tmp_path / "mixed.csv"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_REJECTED == 3
+    assert "rejected: row 2 (user cli-rejected, item no-such-item): unknown item_id" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["events_applied"] == 1 and [r["row"] for r in summary["rejected"]] == [2]
+    assert Store(store_dir).user_events(["cli-rejected"])["cli-rejected"] == [
+        (2000000000, "260", rec.default_event, "")]  # the good row is applied
+
+    (tmp_path / "no-timestamps.csv").write_text("user_id,item_id\ncli-failed,260\n")
+    code = main(["refresh", "--store", str(store_dir), "--events", str(tmp_path / "no-timestamps.csv"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_FAILED == 1
+    assert "error: events file lacks column(s) ['timestamp']" in err
+    assert json.loads(out.strip().splitlines()[-1])["exit"] == 1  # --json: an error object, not a summary
+    assert Store(store_dir).user_events(["cli-failed"])["cli-failed"] == []
+
+
+def test_train_cli_refuses_an_unknown_modality_before_training(folder, tmp_path, capsys):
+    store_dir = tmp_path / "store"
+    shutil.copytree(folder / "embedded", store_dir)
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "--store", str(store_dir), "--interactions", str(folder / "interactions.csv"),
+              "--epochs", "1", "--modalities", "text,audio"])
+    assert usage.value.code == EXIT_USAGE
+    assert "argument --modalities: unknown 'audio'; choose from text, image, id" in capsys.readouterr().err
+    assert not (store_dir / "model").exists()
 
 
 # -- the Python API: malformed arguments raise ValueError naming the argument ------------------------------------
