@@ -265,3 +265,21 @@ def test_load_refuses_a_store_without_the_models_image_features(tmp_path, poster
     store.close()
     with pytest.raises(ModelLoadError, match=r"no image features: re-embed the catalogue with images \(--images-root"):
         Recommender.load(store_dir)
+
+
+def test_refresh_reads_timestamps_as_training_does(trained, tmp_path):
+    store_dir, _ = trained
+    copy = tmp_path / "store"
+    shutil.copytree(store_dir, copy)
+    (tmp_path / "events.csv").write_text(
+        "user_id,item_id,timestamp\n"
+        "iso-user,260,2033-05-18T03:33:20Z\n"   # 2000000000 as a date string
+        "iso-user,1210,2033-05-18 03:34:10\n"   # UTC when no zone is given
+        "iso-user,1196,not a date\n")
+    report = refresh_store(copy, tmp_path / "events.csv")
+    assert [(r["row"], r["reason"].split(" ")[0]) for r in report.rejected] == [(3, "timestamp")]
+    assert [row[:2] for row in Store(copy).user_events(["iso-user"])["iso-user"]] == [
+        (2000000000, "260"), (2000000050, "1210")]
+    (tmp_path / "floats.csv").write_text("user_id,item_id,timestamp\nfloat-user,260,2000000000.75\n")
+    assert refresh_store(copy, tmp_path / "floats.csv").events_applied == 1  # fractions dropped, as in training
+    assert Store(copy).user_events(["float-user"])["float-user"][0][:2] == (2000000000, "260")
