@@ -90,7 +90,7 @@ def test_script_prints_json_and_documented_exit_status(runs, tmp_path, posters):
     assert summary["rejected"][0]["item_id"] == "999999"
     missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.csv"), "--store", str(tmp_path)],
                              capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 1 and "nope.csv: no such file" in missing.stderr
 
 
 def test_catalogue_errors_name_the_row(tmp_path):
