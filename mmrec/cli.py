@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -386,6 +387,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--no-train", action="store_true",
                         help="only rebuild the report from the runs already in OUT/runs.jsonl")
+    _add_unknown_items_argument(parser)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -419,7 +421,7 @@ def run_report(args: argparse.Namespace) -> int:
     )
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
     summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
-                     args.reference, command=command, train=not args.no_train,
+                     args.reference, command=command, train=not args.no_train, unknown_items=args.unknown_items,
                      on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
                                             f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
                                             flush=True))
@@ -462,10 +464,10 @@ def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     """Run a subcommand; expected failures (bad input, missing files, no such device) become ``error: ...`` on
     stderr and exit 1, never a traceback."""
     try:
-        if getattr(args, "device", None) is not None:
+        if getattr(args, "device", None) is not None and not getattr(args, "no_train", False):
             _check_device(args.device)
         return run(args)
-    except (ValueError, KeyError, OSError, RuntimeError) as error:  # ValueError includes ModelLoadError
+    except (ValueError, KeyError, OSError, RuntimeError, sqlite3.Error) as error:  # ValueError: ModelLoadError too
         message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
         if hasattr(args, "unknown_items"):  # the library's hint names its keyword; on the command line it's a flag
             message = message.replace("pass unknown_items='drop'", "pass --unknown-items drop")

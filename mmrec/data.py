@@ -115,8 +115,9 @@ def read_csv_strict(path: Path, sep: str = ",", **kwargs) -> pd.DataFrame:
 
 
 def read_json_records(path: Path) -> pd.DataFrame:
-    """One row per JSON object: JSON lines (one object per line, blank lines skipped) or, when the file starts
-    with ``[``, one array of objects. ``.gz`` files are decompressed.
+    """One row per JSON object: JSON lines (one object per line, blank lines skipped), one array of objects (the
+    file starts with ``[``), or pandas' column-oriented ``{"column": {"row": value}}``. ``.gz`` files are
+    decompressed.
 
     Python's ``json`` keeps integers exact at any size (pandas' reader fails on integers beyond 64 bits without
     naming the row), so an oversized id or timestamp reaches the row checks that name it. Raises ``ValueError``
@@ -125,7 +126,13 @@ def read_json_records(path: Path) -> pd.DataFrame:
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rt", encoding="utf-8-sig") as handle:
         text = handle.read()
-    if text.lstrip().startswith("["):
+    stripped = text.strip()
+    if stripped.startswith("{") and "\n" not in stripped:
+        # one object of objects: what DataFrame.to_json writes by default ({"column": {"row": value}})
+        document = json.loads(stripped)
+        if document and all(isinstance(v, dict) for v in document.values()):
+            return pd.DataFrame(document)
+    if stripped.startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:

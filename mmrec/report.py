@@ -44,7 +44,7 @@ from .baselines import BASELINES, build_baseline, seed_everything
 from .baselines import TrainConfig as BaselineTrainConfig
 from .baselines import fit as fit_baseline
 from .encoders.precision import resolve_device
-from .evaluation import METRICS, EvalResult, evaluate, paired_bootstrap
+from .evaluation import METRICS, EvalResult, TieRule, evaluate, paired_bootstrap
 from .store import Store
 from .training import TrainConfig, TrainingData, calibrate_new_item_bias, evaluate_model, fit, load_training_data
 
@@ -197,6 +197,9 @@ def _fingerprint(config: QualityConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_TIE_PRONE = ("pop",)
+
+
 def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]:
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
@@ -209,7 +212,10 @@ def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]
                 # a write cut short by a crash or kill: that run is simply trained again
                 log.warning("%s line %d is not a complete run; ignoring it (the run will be repeated)", path, number)
                 continue
-            if run.get("fingerprint") == fingerprint:
+            # popularity ties on most items: its runs from before ties counted their expected metric are redone
+            # (in seconds); models scoring with continuous vectors have no ties for the rule to act on
+            stale_ties = run.get("model") in _TIE_PRONE and run.get("tie_rule") != TieRule.EXPECTED.value
+            if run.get("fingerprint") == fingerprint and not stale_ties:
                 runs[(run["protocol"], run["model"], run["seed"])] = run
     return runs
 
@@ -454,10 +460,12 @@ def run_report(
     command: str = "",
     on_run: Callable[[dict], None] | None = None,
     train: bool = True,
+    unknown_items: str = "error",
 ) -> ReportSummary:
     """Train and evaluate every model of ``config`` under each protocol and seed, then write ``report.md``,
     ``results.json``, ``metrics.png`` and ``valid_curves.png`` to ``out`` (runs already in ``out/runs.jsonl``
-    are reused; ``train=False`` only rebuilds the report from them)."""
+    are reused; ``train=False`` only rebuilds the report from them). ``unknown_items="drop"`` skips interaction
+    rows naming items the store does not hold."""
     config = config or QualityConfig()
     if train:
         _check_store_has(store, config.models)
@@ -475,13 +483,14 @@ def run_report(
                 todo = [m for m in config.models if (protocol, m, seed) not in done]
                 if not todo or not train:
                     continue
-                data = load_training_data(store, interactions, context_events,
+                data = load_training_data(store, interactions, context_events, unknown_items=unknown_items,
                                           hold_out=config.hold_out if protocol == "cold" else 0.0, hold_out_seed=seed)
                 for model in todo:
                     log.info("%s protocol, seed %d: %s", protocol, seed, model)
                     tick = time.perf_counter()
                     result = (_run_baseline if model in BASELINES else _run_ours)(model, data, seed, config)
-                    run = {"protocol": protocol, "model": model, "seed": seed, "fingerprint": fingerprint, **result,
+                    run = {"protocol": protocol, "model": model, "seed": seed, "fingerprint": fingerprint,
+                           "tie_rule": TieRule.EXPECTED.value, **result,
                            "wall_seconds": time.perf_counter() - tick}
                     _append_run(runs_path, run)
                     done[(protocol, model, seed)] = run

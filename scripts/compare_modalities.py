@@ -19,7 +19,7 @@ from mmrec import Store, TrainConfig
 from mmrec.baselines import build_baseline, fit as fit_baseline, seed_everything
 from mmrec.baselines import TrainConfig as BaselineConfig
 from mmrec.evaluation import METRICS, evaluate
-from mmrec.training import evaluate_model, fit, load_training_data
+from mmrec.training import check_store_modalities, evaluate_model, fit, load_training_data
 
 
 def main() -> None:
@@ -41,12 +41,16 @@ def main() -> None:
     fit_baseline(pop, data.split, BaselineConfig(epochs=1, seed=args.seed))
     result = evaluate(pop.full_sort_scores, data.split, "test")
     rows["popularity"] = {**result.metrics, **result.cold_metrics, "best_epoch": 0, "s/epoch": 0.0}
+    configs = {}
     for variant in args.variants.split(","):
         parts = set(variant.split("+"))
         config = TrainConfig(epochs=args.epochs, seed=args.seed, show_progress=False)
         config.model = copy.deepcopy(config.model)
         config.model.use_text, config.model.use_image, config.model.use_id = ("text" in parts, "image" in parts,
                                                                               "id" in parts)
+        check_store_modalities(config.model, data.encoders)  # before any training, not after hours of it
+        configs[variant] = config
+    for variant, config in configs.items():
         print(f"== {variant}", flush=True)
         fitted = fit(data, config)
         test = evaluate_model(fitted.model, data, "test", config.max_len)

@@ -62,3 +62,12 @@ def test_empty_or_wrongly_separated_catalogue_names_the_problem(tmp_path):
     assert not (tmp_path / "store").exists()
     with pytest.raises(ValueError, match=r"text_columns must be a list of column names, not the string 'title'"):
         EmbedConfig(text_columns="title")
+
+
+def test_pandas_default_json_catalogue_is_read_by_column(tmp_path):
+    import pandas as pd
+
+    # DataFrame.to_json's default orient: {"column": {"row": value}} on one line
+    pd.DataFrame({"item_id": ["1", "2"], "title": ["Toy Story (1995)", "Jumanji (1995)"]}).to_json(tmp_path / "c.json")
+    rows = read_catalog(tmp_path / "c.json")
+    assert [(r.item_id, r.title) for r in rows] == [("1", "Toy Story (1995)"), ("2", "Jumanji (1995)")]

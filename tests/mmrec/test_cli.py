@@ -238,3 +238,28 @@ def test_help_lists_supported_formats(command, option, capsys):
     described = listing[listing.index(f" {option} "):][:400]
     for suffix in (".csv", ".tsv", ".jsonl", ".ndjson", ".json ", ".parquet"):
         assert suffix in described, (suffix, described)
+
+
+def test_report_no_train_does_not_need_the_device_its_runs_trained_on(tmp_path, store, interactions, monkeypatch,
+                                                                    capsys):
+    # combining GPU runs on a CPU machine (the README's recipe) repeats the GPU command with --no-train
+    _no_cuda(monkeypatch)
+    seen = {}
+
+    def fake_run_report(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(mmrec.report, "run_report", fake_run_report)
+    code, _, err = _run(["report", "--store", store, "--interactions", interactions, "--out", tmp_path / "out",
+                         "--device", "cuda", "--no-train", "--unknown-items", "drop"], capsys)
+    assert code == 1 and err == "error: stop here\n"
+    assert seen["train"] is False and seen["unknown_items"] == "drop"
+
+
+def test_a_corrupt_store_database_is_an_error_line(tmp_path, capsys):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "mmrec.sqlite").write_bytes(b"not a database" * 100)
+    code, out, err = _run(["refresh", "--store", tmp_path / "broken", "--rebuild", "--json"], capsys)
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert json.loads(out.strip().splitlines()[-1])["exit"] == 1

@@ -193,3 +193,15 @@ def test_the_exposure_target_is_a_setting_runs_depend_on():
     assert _fingerprint(QualityConfig(exposure_ratio=0.0)) != _fingerprint(QualityConfig())
     with pytest.raises(ValueError, match="exposure_ratio"):
         QualityConfig(exposure_ratio=-0.5)
+
+
+def test_popularity_runs_recorded_under_the_older_tie_rule_are_redone(tmp_path):
+    from mmrec.report import _load_runs
+
+    runs = tmp_path / "runs.jsonl"
+    old = {"protocol": "standard", "seed": 0, "fingerprint": "f"}
+    runs.write_text("\n".join(json.dumps({**old, "model": m, **extra}) for m, extra in [
+        ("pop", {}), ("id", {}), ("bpr", {"tie_rule": "expected"})]) + "\n")
+    assert sorted(_load_runs(runs, "f")) == [("standard", "bpr", 0), ("standard", "id", 0)]
+    runs.write_text(json.dumps({**old, "model": "pop", "tie_rule": "expected"}) + "\n")
+    assert list(_load_runs(runs, "f")) == [("standard", "pop", 0)]
