@@ -252,6 +252,7 @@ def format_metrics(results: dict) -> str:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     _add_unknown_items_argument(parser)
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu (default), auto (CUDA when available), cuda...")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -260,7 +261,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .jobs import evaluate_store
 
     _check_data_arguments(args)
-    results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items)
+    results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items,
+                             device=args.device)
     print(format_metrics(results))
     if args.json:
         flat = {}

@@ -102,10 +102,11 @@ def _event_log_rows(interactions, context_events, data: TrainingData) -> list[tu
 
 
 def evaluate_store(store_dir, interactions, context_events=None, stages=("valid", "test"), text_encoder=None,
-                   unknown_items: str = "error") -> dict:
+                   unknown_items: str = "error", device: str = "cpu") -> dict:
     """Metrics of the store's model under the README's evaluation protocol: ``{stage: metrics}``, cold items included.
-    ``unknown_items="drop"`` skips interaction rows naming items the store does not hold."""
-    rec = Recommender.load(store_dir, device="cpu")
+    ``unknown_items="drop"`` skips interaction rows naming items the store does not hold; ``device`` runs the
+    model there (``"auto"``: CUDA when available)."""
+    rec = Recommender.load(store_dir, device=device)
     data = load_training_data(rec.store, interactions, context_events, text_encoder, unknown_items=unknown_items)
     if list(data.item_ids) != rec.meta["item_ids"]:
         raise ValueError("the store's items changed since training: retrain before evaluating")

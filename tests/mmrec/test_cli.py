@@ -70,15 +70,17 @@ def test_embed_store_that_is_a_file_is_an_error_naming_the_option(tmp_path, cata
     assert err.startswith("error: --store ") and str(afile) in err and "not a folder" in err
 
 
-@pytest.mark.parametrize("command", ["embed", "train", "report"])
+@pytest.mark.parametrize("command", ["embed", "train", "evaluate", "report"])
 def test_cuda_device_without_cuda_is_an_error_before_any_work(command, tmp_path, catalog, store, interactions,
                                                               monkeypatch, capsys):
     _no_cuda(monkeypatch)
     reached = []
     monkeypatch.setattr(mmrec.jobs, "train_store", lambda *a, **k: reached.append("train"))
     monkeypatch.setattr(mmrec.report, "run_report", lambda *a, **k: reached.append("report"))
+    monkeypatch.setattr(mmrec.jobs, "evaluate_store", lambda *a, **k: reached.append("evaluate"))
     argv = {"embed": ["embed", catalog, "--store", tmp_path / "new"],
             "train": ["train", "--store", store, "--interactions", interactions],
+            "evaluate": ["evaluate", "--store", store, "--interactions", interactions],
             "report": ["report", "--store", store, "--interactions", interactions, "--out", tmp_path / "out"]}[command]
     code, _, err = _run([*argv, "--device", "cuda"], capsys)
     assert code == 1
