@@ -34,6 +34,30 @@ def write_movielens_slice(folder: Path, n_items: int, max_user: int) -> Path:
     return folder
 
 
+def embed_text_only(folder: Path, store_dir: Path, text_encoder) -> Path:
+    """Embed ``folder/items.csv`` (from :func:`write_movielens_slice`) into ``store_dir``: title + genres only, the
+    columns evaluation may read (``tags`` aggregates tags from after the split)."""
+    from mmrec.embed import EmbedConfig, embed_catalog
+
+    embed_catalog(folder / "items.csv", store_dir, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
+                  text_encoder=text_encoder)
+    return store_dir
+
+
+def output_dtypes(model, layer_type, run):
+    """``run()``'s result and the set of dtypes output by every ``layer_type`` layer of ``model`` meanwhile: bfloat16
+    or float16 there shows autocast really ran (weights stay float32, so without autocast they output float32)."""
+    seen = set()
+    hooks = [m.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+             for m in model.modules() if isinstance(m, layer_type)]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, seen
+
+
 @pytest.fixture(scope="session")
 def posters() -> Path:
     return require_shared(POSTERS)

@@ -9,6 +9,8 @@ from skimage import data
 from mmrec.encoders import ImageEncoder, ImageEncoderConfig, Precision, imagenet_categories, load_image
 from mmrec.encoders.precision import resolve_precision
 
+from ..conftest import output_dtypes
+
 
 def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     buffer = io.BytesIO()
@@ -65,20 +67,6 @@ def _with_network(precision: str, network, device: str = "cpu") -> ImageEncoder:
     return encoder
 
 
-def _conv_dtypes(network: torch.nn.Module, run):
-    """``run()``'s result and the set of dtypes output by every ``nn.Conv2d`` of ``network`` meanwhile: bfloat16 or
-    float16 there shows autocast really ran (weights stay float32, so without autocast they output float32)."""
-    seen = set()
-    hooks = [m.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
-             for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
-    try:
-        result = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return result, seen
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -102,8 +90,8 @@ def test_bf16_autocast_runs_and_matches_fp32_on_cpu(cpu_network):
     """The mixed-precision path, exercised on CPU with bf16: the convolutions really run in bfloat16, and the
     features differ from float32 ones yet stay within cosine 0.99 of them."""
     images = torch.stack([load_image(_png_bytes(a)) for a in (data.chelsea(), data.coffee(), data.astronaut())])
-    a, fp32_dtypes = _conv_dtypes(cpu_network, lambda: _with_network("fp32", cpu_network).encode_tensors(images))
-    b, bf16_dtypes = _conv_dtypes(cpu_network, lambda: _with_network("bf16", cpu_network).encode_tensors(images))
+    a, fp32_dtypes = output_dtypes(cpu_network, torch.nn.Conv2d, lambda: _with_network("fp32", cpu_network).encode_tensors(images))
+    b, bf16_dtypes = output_dtypes(cpu_network, torch.nn.Conv2d, lambda: _with_network("bf16", cpu_network).encode_tensors(images))
     assert fp32_dtypes == {torch.float32} and bf16_dtypes == {torch.bfloat16}
     assert b.dtype == np.float32
     assert np.abs(a - b).max() > 1e-4  # not the float32 computation
@@ -114,7 +102,7 @@ def test_auto_precision_is_fp32_on_cpu(cpu_network):
     assert resolve_precision("auto", torch.device("cpu")) is Precision.FP32
     auto = _with_network("auto", cpu_network)
     assert auto.precision is Precision.FP32
-    _, dtypes = _conv_dtypes(cpu_network, lambda: auto.encode_tensors(load_image(_png_bytes(data.coffee()))[None]))
+    _, dtypes = output_dtypes(cpu_network, torch.nn.Conv2d, lambda: auto.encode_tensors(load_image(_png_bytes(data.coffee()))[None]))
     assert dtypes == {torch.float32}
 
 
@@ -128,8 +116,8 @@ def test_fp16_is_refused_on_cpu():
 def test_fp16_on_cuda_runs_half_and_matches_fp32(cuda_network):
     images = torch.stack([load_image(_png_bytes(a)) for a in (data.chelsea(), data.coffee())])
     fp32, fp16 = (_with_network(p, cuda_network, "cuda") for p in ("fp32", "fp16"))
-    a, fp32_dtypes = _conv_dtypes(cuda_network, lambda: fp32.encode_tensors(images))
-    b, fp16_dtypes = _conv_dtypes(cuda_network, lambda: fp16.encode_tensors(images))
+    a, fp32_dtypes = output_dtypes(cuda_network, torch.nn.Conv2d, lambda: fp32.encode_tensors(images))
+    b, fp16_dtypes = output_dtypes(cuda_network, torch.nn.Conv2d, lambda: fp16.encode_tensors(images))
     assert fp32_dtypes == {torch.float32} and fp16_dtypes == {torch.float16}
     assert np.abs(a - b).max() > 1e-4
     assert _cosine(a, b).min() >= 0.99
@@ -143,6 +131,6 @@ def test_auto_precision_is_half_on_cuda(cuda_network):
     auto = _with_network("auto", cuda_network, "cuda")
     assert auto.precision is expected
     image = load_image(_png_bytes(data.coffee()))[None]
-    features, dtypes = _conv_dtypes(cuda_network, lambda: auto.encode_tensors(image))
+    features, dtypes = output_dtypes(cuda_network, torch.nn.Conv2d, lambda: auto.encode_tensors(image))
     assert dtypes == {torch.bfloat16 if expected is Precision.BF16 else torch.float16}
     assert features.dtype == np.float32

@@ -7,7 +7,7 @@ from mmrec.catalog import compose_text
 from mmrec.encoders import Precision, TextEncoder, TextEncoderConfig
 from mmrec.encoders.precision import resolve_precision
 
-from ..conftest import ASSETS
+from ..conftest import ASSETS, output_dtypes
 
 
 def _item_texts(*ids: int) -> list[str]:
@@ -56,20 +56,6 @@ def _with_model(precision: str, model, device: str = "cpu") -> TextEncoder:
     return encoder
 
 
-def _linear_dtypes(model: torch.nn.Module, run):
-    """``run()``'s result and the set of dtypes output by every ``nn.Linear`` of ``model`` meanwhile: bfloat16 or
-    float16 there shows autocast really ran (weights stay float32, so without autocast they output float32)."""
-    seen = set()
-    hooks = [m.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
-             for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    try:
-        result = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return result, seen
-
-
 @pytest.fixture
 def cpu_model(text_encoder):
     """The model on the CPU: the session encoder's on a CPU-only machine (no second load), else a CPU copy."""
@@ -89,8 +75,8 @@ def test_bf16_autocast_runs_and_matches_fp32_on_cpu(cpu_model):
     """The mixed-precision path, exercised on CPU with bf16: the matmuls really run in bfloat16, and the vectors
     differ from float32 ones yet stay within cosine 0.99 of them."""
     texts = _item_texts(1, 2, 260, 1210, 17)
-    fp32, fp32_dtypes = _linear_dtypes(cpu_model, lambda: _with_model("fp32", cpu_model).encode(texts))
-    bf16, bf16_dtypes = _linear_dtypes(cpu_model, lambda: _with_model("bf16", cpu_model).encode(texts))
+    fp32, fp32_dtypes = output_dtypes(cpu_model, torch.nn.Linear, lambda: _with_model("fp32", cpu_model).encode(texts))
+    bf16, bf16_dtypes = output_dtypes(cpu_model, torch.nn.Linear, lambda: _with_model("bf16", cpu_model).encode(texts))
     assert fp32_dtypes == {torch.float32} and bf16_dtypes == {torch.bfloat16}
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - fp32).max() > 1e-5  # not the float32 computation
@@ -101,7 +87,7 @@ def test_auto_precision_is_fp32_on_cpu(cpu_model):
     assert resolve_precision("auto", torch.device("cpu")) is Precision.FP32
     auto = _with_model("auto", cpu_model)
     assert auto.precision is Precision.FP32
-    _, dtypes = _linear_dtypes(cpu_model, lambda: auto.encode(_item_texts(1, 260)))
+    _, dtypes = output_dtypes(cpu_model, torch.nn.Linear, lambda: auto.encode(_item_texts(1, 260)))
     assert dtypes == {torch.float32}
 
 
@@ -109,8 +95,8 @@ def test_auto_precision_is_fp32_on_cpu(cpu_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_on_cuda_runs_half_and_matches_fp32(cuda_model):
     texts = _item_texts(1, 2, 260, 1210, 17)
-    fp32, fp32_dtypes = _linear_dtypes(cuda_model, lambda: _with_model("fp32", cuda_model, "cuda").encode(texts))
-    fp16, fp16_dtypes = _linear_dtypes(cuda_model, lambda: _with_model("fp16", cuda_model, "cuda").encode(texts))
+    fp32, fp32_dtypes = output_dtypes(cuda_model, torch.nn.Linear, lambda: _with_model("fp32", cuda_model, "cuda").encode(texts))
+    fp16, fp16_dtypes = output_dtypes(cuda_model, torch.nn.Linear, lambda: _with_model("fp16", cuda_model, "cuda").encode(texts))
     assert fp32_dtypes == {torch.float32} and fp16_dtypes == {torch.float16}
     assert np.abs(fp16 - fp32).max() > 1e-5
     assert (fp32 * fp16).sum(axis=1).min() >= 0.99
@@ -123,6 +109,6 @@ def test_auto_precision_is_half_on_cuda(cuda_model):
     assert resolve_precision("auto", torch.device("cuda")) is expected
     auto = _with_model("auto", cuda_model, "cuda")
     assert auto.precision is expected
-    vectors, dtypes = _linear_dtypes(cuda_model, lambda: auto.encode(_item_texts(1, 260)))
+    vectors, dtypes = output_dtypes(cuda_model, torch.nn.Linear, lambda: auto.encode(_item_texts(1, 260)))
     assert dtypes == {torch.bfloat16 if expected is Precision.BF16 else torch.float16}
     assert vectors.dtype == np.float32

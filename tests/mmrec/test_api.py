@@ -19,7 +19,7 @@ from mmrec.model import ModelLoadError
 from mmrec.store import UserState
 from mmrec.training import TrainConfig
 
-from ..conftest import REPO, write_movielens_slice
+from ..conftest import REPO, embed_text_only, write_movielens_slice
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def trained(tmp_path_factory, text_encoder):
     """The 800 most-rated movies and the interactions of users 1-150 on them (149 users rated one); 3 epochs."""
     folder = write_movielens_slice(tmp_path_factory.mktemp("api"), n_items=800, max_user=150)
     store_dir = folder / "store"
-    embed_catalog(folder / "items.csv", store_dir, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
-                  text_encoder=text_encoder)
+    embed_text_only(folder, store_dir, text_encoder)
     summary = train_store(store_dir, folder / "interactions.csv", folder / "tags.csv",
                           TrainConfig(epochs=3, show_progress=False), log=None, text_encoder=text_encoder)
     rec = Recommender.load(store_dir, device="cpu")

@@ -17,7 +17,7 @@ from mmrec.jobs import refresh_store, train_store
 from mmrec.model import ModelConfig, ModelLoadError
 from mmrec.training import TrainConfig
 
-from ..conftest import write_movielens_slice
+from ..conftest import embed_text_only, write_movielens_slice
 
 
 def _one_epoch(use_image: bool) -> TrainConfig:
@@ -45,8 +45,7 @@ def folder(tmp_path_factory, text_encoder) -> Path:
     """The 300 most-rated movies and the ratings and tags of users 1-40 on them, embedded text-only in
     ``embedded/`` (copied before each training so every test trains from the same untrained store)."""
     folder = write_movielens_slice(tmp_path_factory.mktemp("input-errors"), n_items=300, max_user=40)
-    embed_catalog(folder / "items.csv", folder / "embedded",
-                  EmbedConfig(use_images=False, text_columns=["title", "genres"]), text_encoder=text_encoder)
+    embed_text_only(folder, folder / "embedded", text_encoder)
     return folder
 
 

@@ -7,12 +7,11 @@ import pytest
 
 from mmrec import Store
 from mmrec.data import ItemIndex, hold_out_items, leave_one_out, load_interactions
-from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.evaluation import paired_bootstrap
 from mmrec.report import QualityConfig, read_reference, run_report
 from mmrec.training import TrainConfig, load_training_data
 
-from ..conftest import ASSETS, SHARED, write_movielens_slice
+from ..conftest import ASSETS, SHARED, embed_text_only, write_movielens_slice
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +45,7 @@ def test_hold_out_removes_a_seeded_tenth_of_items_from_training_only(split):
 def slice_store(tmp_path_factory, text_encoder):
     """The 300 most-rated movies and users 1-80's ratings and tags of them, text features embedded."""
     folder = write_movielens_slice(tmp_path_factory.mktemp("report"), n_items=300, max_user=80)
-    embed_catalog(folder / "items.csv", folder / "store", EmbedConfig(use_images=False, text_columns=["title", "genres"]),
-                  text_encoder=text_encoder)
+    embed_text_only(folder, folder / "store", text_encoder)
     return folder
 
 

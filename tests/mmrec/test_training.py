@@ -12,14 +12,13 @@ from mmrec import Store
 from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.training import TrainConfig, evaluate_model, fit, load_training_data
 
-from ..conftest import write_movielens_slice
+from ..conftest import embed_text_only, write_movielens_slice
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, text_encoder):
     folder = write_movielens_slice(tmp_path_factory.mktemp("training"), n_items=80, max_user=20)
-    embed_catalog(folder / "items.csv", folder / "store", EmbedConfig(use_images=False, text_columns=["title", "genres"]),
-                  text_encoder=text_encoder)
+    embed_text_only(folder, folder / "store", text_encoder)
     return folder
 
 
