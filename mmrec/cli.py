@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -464,12 +465,15 @@ def run_command(name: str, argv: Sequence[str] | None = None) -> int:
 
 def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand; expected failures (bad input, missing files, no such device) become ``error: ...`` on
-    stderr and exit 1, never a traceback."""
+    stderr and exit 1, never a traceback. ``MMREC_DEBUG=1`` in the environment lets them raise instead: a torch or
+    SQLite error deep inside a run is reported in one line, which is too little to debug it."""
     try:
         if getattr(args, "device", None) is not None and not getattr(args, "no_train", False):
             _check_device(args.device)
         return run(args)
     except (ValueError, KeyError, OSError, RuntimeError, sqlite3.Error) as error:  # ValueError: ModelLoadError too
+        if os.environ.get("MMREC_DEBUG", "").strip() not in ("", "0"):
+            raise
         message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
         if hasattr(args, "unknown_items"):  # the library's hint names its keyword; on the command line it's a flag
             message = message.replace("pass unknown_items='drop'", "pass --unknown-items drop")

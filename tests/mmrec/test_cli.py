@@ -100,8 +100,24 @@ def test_runtime_and_os_errors_become_error_lines(error, store, interactions, mo
         raise error
 
     monkeypatch.setattr(mmrec.jobs, "train_store", fail)
+    monkeypatch.delenv("MMREC_DEBUG", raising=False)
     code, _, err = _run(["train", "--store", store, "--interactions", interactions], capsys)
     assert code == 1 and err == f"error: {error}\n"
+
+
+@pytest.mark.parametrize("value, raises", [("1", True), ("0", False), ("", False)])
+def test_mmrec_debug_lets_errors_raise_with_their_traceback(value, raises, store, interactions, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("deep inside torch")
+
+    monkeypatch.setattr(mmrec.jobs, "train_store", fail)
+    monkeypatch.setenv("MMREC_DEBUG", value)
+    argv = ["train", "--store", str(store), "--interactions", str(interactions)]
+    if raises:
+        with pytest.raises(RuntimeError, match="deep inside torch"):
+            main(argv)
+    else:
+        assert _run(argv, capsys)[0] == 1
 
 
 # -- 2. --json on failure -------------------------------------------------------------------------------------
