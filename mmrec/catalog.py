@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -82,6 +83,18 @@ def compose_text(fields: dict[str, str], clean: CleanConfig = CleanConfig()) -> 
     return clean_text(". ".join(parts), clean)
 
 
+def _warn_behaviour_columns(path, text_columns: Sequence[str]) -> None:
+    """Warn when user tags become item text: training only finds ``name: ...`` fields after the first column, so
+    this is the one place that sees every such column, the first included."""
+    tags = [c for c in text_columns if c.strip().lower() in ("tag", "tags")]
+    if tags:
+        others = ",".join(c for c in text_columns if c not in tags) or "title"
+        warnings.warn(
+            f"{path}: text column(s) {tags} become item text. If they gather user tags written at any time "
+            "(MovieLens items.csv's `tags` does), evaluation reads behaviour from after the split; for a fair "
+            f"evaluation embed with --text-columns {others} and pass the tags as --context-events", stacklevel=3)
+
+
 def read_catalog(
     path: str | Path,
     text_columns: Sequence[str] | None = None,
@@ -107,6 +120,7 @@ def read_catalog(
     missing = [c for c in text_columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: text column(s) {missing} not found (columns: {list(frame.columns)})")
+    _warn_behaviour_columns(path, text_columns)
     ids = frame[ID_COLUMN].str.strip()
     blank = ids.index[ids == ""].tolist()
     if blank:

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -463,16 +464,26 @@ def run_command(name: str, argv: Sequence[str] | None = None) -> int:
     return _guarded(run, parser.parse_args(argv))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # the library's warnings are addressed to the user (a leaking text column, a missing modality); the source line
+    # Python prints with them is noise on a command line
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand; expected failures (bad input, missing files, no such device) become ``error: ...`` on
     stderr and exit 1, never a traceback. ``MMREC_DEBUG=1`` in the environment lets them raise instead: a torch or
     SQLite error deep inside a run is reported in one line, which is too little to debug it."""
+    debug = os.environ.get("MMREC_DEBUG", "").strip() not in ("", "0")
     try:
-        if getattr(args, "device", None) is not None and not getattr(args, "no_train", False):
-            _check_device(args.device)
-        return run(args)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            if getattr(args, "device", None) is not None and not getattr(args, "no_train", False):
+                _check_device(args.device)
+            return run(args)
     except (ValueError, KeyError, OSError, RuntimeError, sqlite3.Error) as error:  # ValueError: ModelLoadError too
-        if os.environ.get("MMREC_DEBUG", "").strip() not in ("", "0"):
+        if debug:
             raise
         message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
         if hasattr(args, "unknown_items"):  # the library's hint names its keyword; on the command line it's a flag

@@ -71,3 +71,34 @@ def test_pandas_default_json_catalogue_is_read_by_column(tmp_path):
     pd.DataFrame({"item_id": ["1", "2"], "title": ["Toy Story (1995)", "Jumanji (1995)"]}).to_json(tmp_path / "c.json")
     rows = read_catalog(tmp_path / "c.json")
     assert [(r.item_id, r.title) for r in rows] == [("1", "Toy Story (1995)"), ("2", "Jumanji (1995)")]
+
+
+@pytest.mark.parametrize("columns", [None, ["Tags", "title"], ["title", "genres"]])
+def test_tag_columns_made_item_text_are_warned_about_at_read_time(columns, tmp_path, recwarn):
+    # training only spots a `tags: ...` field after the first column; here every tag column is seen, first included
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title,genres,Tags\n1,Toy Story (1995),Animation,pixar|fun\n")
+    (row,) = read_catalog(path, text_columns=columns, use_images=False)
+    leaking = [w for w in recwarn if "become item text" in str(w.message)]
+    if columns == ["title", "genres"]:
+        assert not leaking and "pixar" not in row.text
+    else:
+        assert "pixar" in row.text
+        (warning,) = leaking
+        assert "['Tags']" in str(warning.message)
+        assert f"--text-columns {'title,genres' if columns is None else 'title'} " in str(warning.message)
+
+
+def test_cli_prints_library_warnings_as_warning_lines(tmp_path, capsys, monkeypatch):
+    from mmrec.cli import main
+
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,title,tags\n1,Toy Story (1995),pixar\n")
+    from mmrec.embed import EmbedReport
+
+    # the real catalogue reader, no encoder: the warning is raised while reading
+    monkeypatch.setattr("mmrec.embed.embed_catalog", lambda *a, **k: (read_catalog(path), EmbedReport())[1])
+    monkeypatch.delenv("MMREC_DEBUG", raising=False)
+    assert main(["embed", str(path), "--store", str(tmp_path / "store"), "--no-images"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: text column(s) ['tags'] become item text") and "UserWarning" not in err

@@ -55,8 +55,9 @@ def test_item_text_with_aggregated_tags_is_warned_about(folder, text_encoder, re
     # items.csv's `tags` column gathers tags written at any time; embedded by default, it leaks the test period
     load_training_data(Store(folder / "store"), folder / "interactions.csv")
     assert not [w for w in recwarn if "tags" in str(w.message)]
-    embed_catalog(folder / "items.csv", folder / "default-columns", EmbedConfig(use_images=False),
-                  text_encoder=text_encoder)
+    with pytest.warns(UserWarning, match=r"text column\(s\) \['tags'\] become item text"):
+        embed_catalog(folder / "items.csv", folder / "default-columns", EmbedConfig(use_images=False),
+                      text_encoder=text_encoder)
     store = Store(folder / "default-columns")
     tagged = store.items_with_text_field("tags")
     assert 0 < tagged < len(store)  # only the items that have tags
