@@ -342,6 +342,14 @@ def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float]
         boot = paired_bootstrap(a, b, n_resamples=config.bootstrap_resamples, seed=0)
         checks["bootstrap"] = {"vs": best, "mean_diff": boot.mean_diff, "ci95": [boot.ci_low, boot.ci_high],
                                "p_better": boot.p_better, "resamples": config.bootstrap_resamples}
+        # Averaging over seeds hides how much one training run varies; the same test seed by seed shows it.
+        theirs = {r["seed"]: r for r in id_only[best]}
+        checks["bootstrap"]["per_seed"] = [
+            {"seed": r["seed"], "mean_diff": one.mean_diff, "ci95": [one.ci_low, one.ci_high], "p_better": one.p_better}
+            for r in ours if r["seed"] in theirs
+            for one in [paired_bootstrap(np.asarray(r["per_user_ndcg@10"]),
+                                         np.asarray(theirs[r["seed"]]["per_user_ndcg@10"]),
+                                         n_resamples=config.bootstrap_resamples, seed=0)]]
         if reference:
             sequential = {k: v for k, v in reference.items() if k in ("gru4rec", "sasrec")}
             if sequential:
@@ -376,6 +384,10 @@ def _format_checks(checks: dict) -> str:
         lines.append(f"- Paired bootstrap over test users ({b['resamples']:,} resamples, per-user NDCG@10 averaged "
                      f"over seeds) vs {_label(b['vs'])}: mean difference {b['mean_diff']:+.4f}, 95% interval "
                      f"[{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], P(ours better) = {b['p_better']:.3f}.")
+        if b.get("per_seed"):
+            lines.append("  - Seed by seed (each seed of ours vs the same seed of theirs, same resampling): " + "; ".join(
+                f"seed {p['seed']} {p['mean_diff']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}], "
+                f"P = {p['p_better']:.3f}" for p in b["per_seed"]) + ".")
     if "cold_protocol" in checks:
         c = checks["cold_protocol"]
         lines.append(f"- Cold protocol, {_label(checks['ours'])}: cold Recall@20 {c['cold_recall@20']:.4f} vs warm "

@@ -82,6 +82,7 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     checks = json.loads((tmp_path / "results.json").read_text())["checks"]
     assert checks["best_id_only"]["model"] in ("pop", "id")
     _assert_bootstrap_matches_stored_runs(checks, tmp_path / "runs.jsonl", ours="text+id", resamples=200)
+    assert "Seed by seed" in report and "seed 1 " in report
     assert all(n > 0 for n in checks["cold_protocol"]["n_cold_users"])
     # the cold protocol also evaluates our trained models with the lift chosen for the exposure target
     assert "| cold | ours: text+id, lift for cold/warm >= 0.5 | 2 |" in report
@@ -127,11 +128,19 @@ def _assert_bootstrap_matches_stored_runs(checks: dict, runs_file, ours: str, re
     boot = checks["bootstrap"]
     assert boot["vs"] == checks["best_id_only"]["model"] and boot["resamples"] == resamples
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
-    per_user = {}
+    per_user, per_seed = {}, {}
     for model in (ours, boot["vs"]):
         rows = sorted((r for r in runs if r["protocol"] == "standard" and r["model"] == model), key=lambda r: r["seed"])
         assert [r["seed"] for r in rows] == [0, 1]
-        per_user[model] = np.mean([r["per_user_ndcg@10"] for r in rows], axis=0)
+        per_seed[model] = [np.asarray(r["per_user_ndcg@10"]) for r in rows]
+        per_user[model] = np.mean(per_seed[model], axis=0)
+    # seed by seed: the same bootstrap on one run of each
+    assert [p["seed"] for p in boot["per_seed"]] == [0, 1]
+    for seed, row in enumerate(boot["per_seed"]):
+        one = paired_bootstrap(per_seed[ours][seed], per_seed[boot["vs"]][seed], n_resamples=resamples, seed=0)
+        assert row["mean_diff"] == pytest.approx(per_seed[ours][seed].mean() - per_seed[boot["vs"]][seed].mean())
+        assert row["ci95"] == pytest.approx([one.ci_low, one.ci_high], abs=1e-12)
+        assert row["p_better"] == pytest.approx(one.p_better, abs=1e-12)
     a, b = per_user[ours], per_user[boot["vs"]]
     # the observed difference is the difference of the table's all-user means, with ours first
     assert boot["mean_diff"] == pytest.approx(a.mean() - b.mean(), abs=1e-12)
