@@ -90,7 +90,9 @@ def clean_behaviour_texts(texts: Sequence[str | None], config: CleanConfig = Cle
     """
     if isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string: pass [text]")
-    cleaned = [clean_text(t, config) for t in texts]
+    # Lower-cased before tokenizing: the tokenizer's exceptions are case-sensitive ("Jr." is one token, "jr." two),
+    # and cleaning an already-cleaned text must change nothing (serving may be given texts from the event log).
+    cleaned = [clean_text(t, config).lower() for t in texts]
     unique = list(dict.fromkeys(t for t in cleaned if t))
     result: dict[str, str] = {"": ""}
     for text, doc in zip(unique, _tokenizer().pipe(unique)):
@@ -98,7 +100,7 @@ def clean_behaviour_texts(texts: Sequence[str | None], config: CleanConfig = Cle
         for token in doc:
             dropped = token.like_url or token.like_email or (token.is_punct and not _inside_word(doc, token))
             pieces.append(("" if dropped else token.text) + token.whitespace_)
-        result[text] = _SPACE.sub(" ", "".join(pieces)).strip().lower()
+        result[text] = _SPACE.sub(" ", "".join(pieces)).strip()
     return [result[t] for t in cleaned]
 
 

@@ -198,7 +198,13 @@ def build_behaviour(
         ev = np.concatenate([ev, context_events.event])
         text = np.concatenate([text, context_events.text])
         kind = np.concatenate([kind, np.ones(len(context_events.user), np.int64)])
-        order_in_user = np.concatenate([order_in_user, np.arange(len(context_events.user))])
+        # Text events in the same second follow item id order, then text, then event: the order serving reads
+        # them back from the store's event log in (file order would be lost there).
+        c = context_events
+        tie_order = np.lexsort((c.event, c.text, split.items.sort_rank[c.item]))
+        tie_rank = np.empty(len(tie_order), np.int64)
+        tie_rank[tie_order] = np.arange(len(tie_order))
+        order_in_user = np.concatenate([order_in_user, tie_rank])
         vectors = context_events.text_vectors
         n_events = len(context_events.event_names)
     order = np.lexsort((order_in_user, kind, ts, user))
@@ -222,7 +228,8 @@ def build_behaviour(
 class ContextEvents:
     """Text-bearing events aligned with a split: ``user`` (split positions), ``item``, ``timestamp``, ``event``,
     ``text`` (rows of ``text_vectors``) — all ``(C,) int64`` — ``text_vectors (T, text_dim)`` float32 and the
-    combined event vocabulary ``event_names`` (the split's names first, so interaction event ids are unchanged)."""
+    combined event vocabulary ``event_names`` (the split's names first, so interaction event ids are unchanged).
+    Text rows are numbered in the texts' sorted order, which breaks ties between events in the same second."""
 
     user: np.ndarray
     item: np.ndarray

@@ -9,7 +9,7 @@ Data flow (README, "Evaluation protocol")::
     Split ──► context_batch ──► SequenceBatch         (evaluation: the last ``max_len`` events of the context)
 
 Ids are strings everywhere in the public surface; internally items, users and events are dense ``int64`` indices.
-Ordering rule: ids are compared numerically when every id of that kind is numeric, otherwise as strings.
+Ordering rule: ids that are numbers come first, in numeric order, then the others as strings (see ``_sort_ranks``).
 
 Example::
 
@@ -270,21 +270,23 @@ def _timestamps(column: pd.Series) -> np.ndarray:
 
 
 def _sort_ranks(ids: Sequence[str]) -> tuple[np.ndarray, bool]:
-    """Rank of every id under the project order, and whether the order is numeric.
+    """Rank of every id under the project order, and whether every id is a number.
 
-    Numeric when every id parses as a number (ties such as ``"01"``/``"1"`` are then broken as strings),
-    lexicographic otherwise. Returns ``(ranks (n,) int64, numeric)``.
+    Ids that parse as numbers come first, in numeric order (ties such as ``"01"``/``"1"`` broken as strings), then
+    the others as strings. Two ids compare the same whatever other ids exist, so an item added after training
+    does not reorder the ones the model was trained on (serving breaks equal-time ties in this order too).
+    Returns ``(ranks (n,) int64, numeric)``.
     """
     n = len(ids)
     strings = np.asarray(ids, dtype=str) if n else np.empty(0, dtype=str)
     numbers = pd.to_numeric(pd.Series(list(ids), dtype=object), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
     )
-    numeric = bool(n) and bool(np.isfinite(numbers).all())
-    order = np.lexsort((strings, numbers)) if numeric else np.argsort(strings, kind="stable")
+    is_number = np.isfinite(numbers)
+    order = np.lexsort((strings, np.where(is_number, numbers, 0.0), ~is_number))
     ranks = np.empty(n, dtype=np.int64)
     ranks[order] = np.arange(n, dtype=np.int64)
-    return ranks, numeric
+    return ranks, bool(n) and bool(is_number.all())
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
         "item_ids": list(data.item_ids),
         "known_items": np.flatnonzero(data.features.known.numpy()).tolist(),
         "event_names": list(data.event_names),
+        "interaction_events": list(data.split.event_names),
         "default_event": data.event_names[int(counts.argmax())],
         "encoders": data.encoders,
         "train": summary,
@@ -92,11 +93,12 @@ def _event_log_rows(interactions, context_events, data: TrainingData) -> list[tu
         text_column = next(c for c in ("text", "tag", "review", "query") if c in ctx.columns)
         seconds, readable = _readable_timestamps(ctx["timestamp"])
         users, items = _ids_or_empty(ctx["user_id"], "user_id"), _ids_or_empty(ctx["item_id"], "item_id")
+        texts = np.array(clean_behaviour_texts(ctx[text_column].tolist()), dtype=object)
         rows = pd.concat([rows, pd.DataFrame({
             "user_id": users.to_numpy(), "timestamp": seconds, "item_id": items.to_numpy(),
             "event": ctx["event"].astype(str).to_numpy() if "event" in ctx.columns else text_column,
-            "text": clean_behaviour_texts(ctx[text_column].tolist()),
-        })[readable & (users != "").to_numpy()]])
+            "text": texts,
+        })[readable & (users != "").to_numpy() & (texts != "")]])  # training skips text events without text
     rows = rows[rows.item_id.isin(data.item_ids) & rows.event.isin(data.event_names)]
     return list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None))
 
@@ -154,6 +156,8 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
         (pd.Series(~readable, index=frame.index),
          "timestamp is missing, unreadable or beyond the int64 range (unix seconds or a date)"),
         (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
+        (events.isin(rec.text_events) & (texts == ""),
+         f"no text: {list(rec.text_events)} events are read by their text (training skips them without)"),
     ]
     for bad, reason in checks:
         reasons = reasons.mask(bad & (reasons == ""), reason)

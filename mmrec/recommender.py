@@ -75,6 +75,11 @@ class Recommender:
         self.device = device
         self.model_id: str = meta["model_id"]
         self.event_names: tuple[str, ...] = tuple(meta["event_names"])
+        self._event_rank = {name: i for i, name in enumerate(self.event_names)}
+        # Models saved before this was recorded treat every event as an interaction.
+        self.interaction_events: tuple[str, ...] = tuple(meta.get("interaction_events", self.event_names))
+        #: events read by their text (the context events training had, e.g. ``"tag"``)
+        self.text_events: tuple[str, ...] = tuple(e for e in self.event_names if e not in self.interaction_events)
         self.default_event: str = meta.get("default_event", self.event_names[0])
         self.max_len: int = meta["train"]["max_len"]
         self.n_gap_buckets = model.config.interest.n_gap_buckets
@@ -169,9 +174,11 @@ class Recommender:
         return last, self.model.interest_model.interest(last)
 
     def _sorted(self, rows: Iterable[tuple]) -> list[tuple]:
-        """Time order as in training: timestamp, interactions before text events, then numeric item id."""
-        # self._position follows the store's id order (numeric when ids are numbers), as the split does.
-        return sorted(rows, key=lambda r: (r[0], r[3] != "", self._position.get(r[1], 0)))
+        """Time order as in training (:func:`mmrec.behaviour.build_behaviour`): timestamp, interactions before text
+        events, then item id, text and event."""
+        # self._position follows the store's id order, which is the split's order for any two ids
+        return sorted(rows, key=lambda r: (r[0], r[3] != "", self._position.get(r[1], 0), r[3],
+                                           self._event_rank.get(r[2], 0)))
 
     def _user_interest(self, user_id: str) -> torch.Tensor:
         state = self.store.get_users([user_id]).get(user_id)
@@ -196,12 +203,22 @@ class Recommender:
             self._item_positions([item_id])
             self._event_index(name)
             rows.append((ts, item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
-        rows = self._sorted(rows)[-self.max_len :]
-        if not rows:
+        from .encoders.preprocess import clean_behaviour_texts
+
+        # cleaned as `observe` and training clean event texts
+        texts = clean_behaviour_texts([r[3] for r in rows])
+        window, previous = self._window(self._sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
+        if not window:
             with torch.no_grad():
                 return self.model.interest_model.interest(self.model.interest_model.initial(1))[0]
-        _, interest = self.advance([rows], None, [None])
+        _, interest = self.advance([window], None, [previous])
         return interest[0]
+
+    def _window(self, rows: list[tuple]) -> tuple[list[tuple], int | None]:
+        """The last ``max_len`` of time-ordered events, and the timestamp of the event before them (``None`` when
+        there is none): training measures the first event's time gap from it, not from nothing."""
+        window = rows[-self.max_len :]
+        return window, rows[-self.max_len - 1][0] if len(rows) > self.max_len else None
 
     # -- public API --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -228,7 +245,9 @@ class Recommender:
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
         """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures: exact
         dot-product retrieval, then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
-        alone) and any further ones follow in dot-product order. Probabilities are the scorer's."""
+        alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
+        leaves out the items of the user's interaction events (the kinds training predicted); an item the user only
+        tagged stays rankable, as in evaluation."""
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
@@ -236,7 +255,7 @@ class Recommender:
         interest = self._user_interest(user_id)
         dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items  # (N,)
         if exclude_seen:
-            seen = self.store.seen_items(user_id)
+            seen = self.store.seen_items(user_id, self.interaction_events)
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
         n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))
@@ -255,8 +274,10 @@ class Recommender:
         """Fold one event into the user's stored interest (one GRU step) and append it to their event log.
 
         ``event`` defaults to the training data's event (``"interaction"`` when it had no event column);
-        ``timestamp`` defaults to now. An event older than the user's last one is placed in time order by
-        recomputing that user from the log."""
+        ``timestamp`` defaults to now. An event not newer than the user's last one is placed in time order by
+        recomputing that user from the log. Stepping carries the whole history in the GRU state, while a recompute
+        (and evaluation) reads the last ``max_len`` events: for users with longer histories the two differ
+        slightly."""
         user_id, item_id = _id_string(user_id, "user_id"), _id_string(item_id, "item_id")
         self._item_positions([item_id])
         name = self.event_names[self._event_index(event)]
@@ -267,27 +288,34 @@ class Recommender:
         self.apply_events([row])
 
     def apply_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> dict[str, int]:
-        """Apply validated ``(user_id, timestamp, item_id, event, text)`` rows: rows already in the log are skipped,
-        users advance from their stored state (or are recomputed from the log when an event is older than their
-        last one, or their state came from another model), and events + states commit in one transaction.
-        Returns counts ``users``, ``applied``, ``duplicates``, ``recomputed``."""
-        fresh_mask = self.store.new_events(rows)
-        fresh = list(dict.fromkeys(r for r, f in zip(rows, fresh_mask) if f))
-        by_user: dict[str, list[tuple]] = {}
-        for user_id, ts, item_id, event, text in fresh:
-            by_user.setdefault(user_id, []).append((ts, item_id, event, text))
-        stored = self.store.get_users(list(by_user))
-        logged = self.store.user_events([u for u in by_user if u not in stored])
-        step_users, recompute = [], []
-        for user_id, events in by_user.items():
-            state = stored.get(user_id)
-            if state is None and not logged[user_id]:
-                step_users.append(user_id)  # brand-new user: start from the initial state
-            elif state is None or state.model != self.model_id or min(e[0] for e in events) < (state.last_timestamp or 0):
-                recompute.append(user_id)
-            else:
-                step_users.append(user_id)
+        """Apply ``(user_id, timestamp, item_id, event, text)`` rows: rows already in the log are skipped, users
+        advance from their stored state (or are recomputed from the log when an event is not newer than their
+        last one, so it takes its place in time order, or their state came from another model), and events +
+        states commit in one transaction. Returns counts ``users``, ``applied``, ``duplicates``, ``recomputed``.
+
+        Raises ``KeyError`` / ``ValueError`` naming the first row with an unknown item or event."""
+        self._check_rows(rows)
+        # The write lock is taken before the log and the states are read: another process applying events for
+        # the same user in between would otherwise be overwritten (lost) or folded in twice.
         with self.store.transaction():
+            fresh_mask = self.store.new_events(rows)
+            fresh = list(dict.fromkeys(r for r, f in zip(rows, fresh_mask) if f))
+            by_user: dict[str, list[tuple]] = {}
+            for user_id, ts, item_id, event, text in fresh:
+                by_user.setdefault(user_id, []).append((ts, item_id, event, text))
+            stored = self.store.get_users(list(by_user))
+            logged = self.store.user_events([u for u in by_user if u not in stored])
+            step_users, recompute = [], []
+            for user_id, events in by_user.items():
+                state = stored.get(user_id)
+                if state is None and not logged[user_id]:
+                    step_users.append(user_id)  # brand-new user: start from the initial state
+                elif (state is None or state.model != self.model_id
+                      # an event in the same second as the last one may sort before it: recompute to be sure
+                      or min(e[0] for e in events) <= (state.last_timestamp or 0)):
+                    recompute.append(user_id)
+                else:
+                    step_users.append(user_id)
             self.store.add_events(fresh)
             updates = []
             if step_users:
@@ -308,6 +336,27 @@ class Recommender:
         return {"users": len(by_user), "applied": len(fresh), "duplicates": len(rows) - len(fresh),
                 "recomputed": len(recompute)}
 
+    def _check_rows(self, rows: Sequence[tuple]) -> None:
+        """The first row (0-based) whose item or event the model cannot fold in is an error naming it."""
+        if not rows:
+            return
+        bad_shape = next((n for n, r in enumerate(rows) if not isinstance(r, (tuple, list)) or len(r) != 5), None)
+        if bad_shape is not None:
+            raise ValueError(f"rows[{bad_shape}] must be (user_id, timestamp, item_id, event, text), "
+                             f"got {rows[bad_shape]!r}")
+        items = self._item_index.get_indexer([r[2] for r in rows])
+        if (items < 0).any():
+            n = int(np.argmax(items < 0))
+            raise KeyError(f"rows[{n}]: unknown item id {rows[n][2]!r}: not in the store (embed it first)")
+        events = pd.Index(self.event_names).get_indexer([r[3] for r in rows])
+        if (events < 0).any():
+            n = int(np.argmax(events < 0))
+            raise ValueError(f"rows[{n}]: unknown event {rows[n][3]!r}; known events: {list(self.event_names)}")
+        textless = next((n for n, r in enumerate(rows) if r[3] in self.text_events and not r[4]), None)
+        if textless is not None:
+            raise ValueError(f"rows[{textless}]: a {rows[textless][3]!r} event needs text: the model reads "
+                             f"{list(self.text_events)} events by their text (training skips them without)")
+
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
         users when ``user_ids`` is None (after a retrain). Returns the number of users rebuilt."""
@@ -320,8 +369,9 @@ class Recommender:
                 chunk = [u for u in logs if logs[u]]
                 if not chunk:
                     continue
-                seqs = [self._sorted([r for r in logs[u] if r[1] in self._position])[-self.max_len :] for u in chunk]
-                h, interest = self.advance(seqs, None, [None] * len(chunk))
+                windows = [self._window(self._sorted([r for r in logs[u] if r[1] in self._position])) for u in chunk]
+                seqs = [w for w, _ in windows]
+                h, interest = self.advance(seqs, None, [previous for _, previous in windows])
                 self.store.put_users([
                     UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
                               seqs[i][-1][0] if seqs[i] else None, len(logs[u]))

@@ -11,6 +11,7 @@ previously committed item intact; an interrupted batch is simply absent and is r
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from .data import _sort_ranks
 
 __all__ = ["Store", "StoredItem", "UserState", "MODALITIES"]
 
@@ -64,6 +67,7 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS text_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
 """
+_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,14 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        with self.transaction():
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._db.execute(statement)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not _TABLES <= tables:
+            # Only a store missing tables is written to on opening: the schema set-up takes the write lock, and a
+            # reader must not wait behind a long write (a full `refresh --rebuild`) just to open the store.
+            with self.transaction():
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         found = self.get_meta("schema_version")
         if found != SCHEMA_VERSION:
             raise ValueError(f"store {self.path} has schema version {found}, this mmrec reads {SCHEMA_VERSION}")
@@ -344,10 +352,13 @@ class Store:
         """Every user with at least one logged event."""
         return [u for (u,) in self._db.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
 
-    def seen_items(self, user_id: str) -> set[str]:
-        """Items in any of the user's logged events (what ``recommend`` leaves out), without reading the log."""
-        rows = self._db.execute("SELECT DISTINCT item_id FROM events WHERE user_id = ?", (str(user_id),))
-        return {item_id for (item_id,) in rows}
+    def seen_items(self, user_id: str, events: Sequence[str] | None = None) -> set[str]:
+        """Items in the user's logged events (of the ``events`` names; all when ``None``), without reading the log."""
+        query, params = "SELECT DISTINCT item_id FROM events WHERE user_id = ?", [str(user_id)]
+        if events is not None:
+            query += f" AND event IN ({','.join('?' * len(events))})"
+            params += list(events)
+        return {item_id for (item_id,) in self._db.execute(query, params)}
 
     def user_events(self, user_ids: Sequence[str] | None = None) -> dict[str, list[tuple]]:
         """``user_id -> [(timestamp, item_id, event, text), ...]`` in time order, for ``user_ids`` (all: ``None``).
@@ -384,9 +395,8 @@ class Store:
 
 
 def sort_ids(ids: Iterable[str]) -> list[str]:
-    """Numeric order when every id is an integer, else lexicographic: a stable order users recognise."""
+    """The project's id order (numbers first, numerically, then strings; see :func:`mmrec.data._sort_ranks`): the
+    order training and evaluation break equal-time ties in, whatever other ids the store holds."""
     ids = list(ids)
-    try:
-        return sorted(ids, key=int)
-    except ValueError:
-        return sorted(ids)
+    ranks, _ = _sort_ranks(ids)
+    return [ids[i] for i in np.argsort(ranks)]

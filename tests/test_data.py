@@ -56,10 +56,12 @@ def test_rows_sorted_by_timestamp_then_numeric_item_id():
     assert inter.offsets.tolist() == [0, 1, 5]
 
 
-def test_ids_sort_as_strings_when_not_all_numeric():
-    items = ItemIndex(("a9", "a10", "7"))
-    inter = load_interactions(_frame([("u", "a9", 1), ("u", "7", 1), ("u", "a10", 1)]), items)
-    assert items.ids_of(inter.item) == ("7", "a10", "a9")
+def test_numeric_ids_sort_first_as_numbers_and_the_rest_as_strings():
+    items = ItemIndex(("a9", "a10", "70", "8"))
+    inter = load_interactions(_frame([("u", "a9", 1), ("u", "70", 1), ("u", "a10", 1), ("u", "8", 1)]), items)
+    assert items.ids_of(inter.item) == ("8", "70", "a10", "a9")
+    # two ids compare the same whatever else the catalogue holds: a new id never reorders the others
+    assert ItemIndex(("70", "8")).sort_rank.tolist() == [1, 0]
 
 
 def test_missing_event_column_means_interaction():

@@ -448,3 +448,135 @@ def test_recommend_serves_the_order_evaluation_measures(trained, rerank, monkeyp
         dot[rec._item_positions(seen & rec._position.keys())] = float("-inf")
         scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
     assert served == [rec.item_ids[i] for i in scores.topk(20).indices.tolist()]
+
+
+def test_serving_computes_the_interest_evaluation_ranks_with(trained, monkeypatch):
+    from mmrec.training import load_training_data
+
+    folder, store_dir, rec, _ = trained
+    # a short window, so the first event's time gap still shows in the state after the window
+    monkeypatch.setattr(rec, "max_len", 5)
+    data = load_training_data(Store(store_dir), folder / "interactions.csv", folder / "tags.csv")
+    users = np.arange(data.split.n_users)
+    b = data.behaviour
+    # the slice has what tells the paths apart: histories longer than max_len, so the window's first event has a
+    # real predecessor, and several tags of one user in the same second
+    assert (b.stage_end("test") - b.offsets[:-1] > rec.max_len).sum() > 10
+    tags = pd.read_csv(folder / "tags.csv")
+    assert tags.duplicated(["user_id", "timestamp"]).sum() >= 3
+    with torch.no_grad():
+        vectors = rec.model.item_vectors(data.features)
+        expected = rec.model.interests(b.context("test", users, rec.max_len), vectors, data.text_table)
+    logs = rec.store.user_events(list(data.split.user_ids))
+    # users other tests of this module gave events of their own are left out
+    untouched = [u for u, user_id in enumerate(data.split.user_ids) if len(logs[user_id]) == np.diff(b.offsets)[u]]
+    assert len(untouched) > 140
+    for u in untouched:
+        # what the log holds before the user's test interaction, in serving's own order
+        user_id = data.split.user_ids[u]
+        ordered = rec._sorted(logs[user_id])
+        test = (int(data.split.test_timestamp[u]), data.item_ids[data.split.test_item[u]])
+        cut = next(i for i, r in enumerate(ordered) if (r[0], r[1]) == test and r[3] == "")
+        with torch.no_grad():
+            served = rec._history_interest(_history(ordered[:cut]))
+        np.testing.assert_allclose(served.numpy(), expected[u].numpy(), rtol=1e-4, atol=1e-5, err_msg=user_id)
+
+
+def test_an_event_in_the_same_second_as_the_last_takes_its_place_in_training_order(trained):
+    _, _, rec, _ = trained
+    user = "same-second-user"
+    rec.observe(user, "318", timestamp=5_000)
+    rec.observe(user, "260", timestamp=5_000)  # item 260 sorts before 318 in training: stepping would misplace it
+    expected = rec.score(history=[("318", "interaction", 5_000), ("260", "interaction", 5_000)], item_ids=PROBE)
+    assert rec.store.get_users([user])[user].n_events == 2
+    np.testing.assert_allclose(rec.score(user, PROBE), expected, rtol=1e-5, atol=1e-6)
+    swapped = rec.score(history=[("318", "interaction", 4_999), ("260", "interaction", 5_000)], item_ids=PROBE)
+    assert not np.allclose(swapped, expected)  # the order matters to the model
+
+
+def test_an_item_with_a_non_numeric_id_does_not_reorder_the_trained_ones(trained, tmp_path, text_encoder):
+    _, store_dir, _, _ = trained
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
+    # 318 before 1196 as numbers (training's order), after it as strings
+    history = [("1196", "interaction", 1_000), ("318", "interaction", 1_000), ("260", "interaction", 2_000)]
+    before = Recommender.load(copy, device="cpu").score(history=history, item_ids=PROBE)
+    (tmp_path / "new.csv").write_text("item_id,title,genres\nsku-x1,A brand-new documentary,Documentary\n")
+    embed_catalog(tmp_path / "new.csv", copy, EmbedConfig(use_images=False), text_encoder=text_encoder)
+    after = Recommender.load(copy, device="cpu")
+    assert after.item_ids[-1] == "sku-x1" and after.item_ids.index("318") < after.item_ids.index("1196")
+    np.testing.assert_allclose(after.score(history=history, item_ids=PROBE), before, rtol=1e-6)
+
+
+def test_an_update_holds_the_write_lock_while_it_reads_the_users_state(trained, monkeypatch):
+    import sqlite3
+
+    _, store_dir, rec, _ = trained
+    other = Recommender.load(store_dir, device="cpu")  # a second process's connection
+    other.store.db.execute("PRAGMA busy_timeout = 50")
+    user = "concurrent-user"
+    rec.observe(user, "260", timestamp=100)
+    blocked, read_state = [], rec.store.get_users
+
+    def get_users_while_the_other_writes(ids):
+        try:  # the other connection tries to write for the same user while this update reads its state
+            other.observe(user, "1210", timestamp=300)
+        except sqlite3.OperationalError as error:
+            blocked.append(str(error))
+        return read_state(ids)
+
+    monkeypatch.setattr(rec.store, "get_users", get_users_while_the_other_writes)
+    rec.observe(user, "1196", timestamp=200)
+    monkeypatch.undo()
+    assert blocked and "locked" in blocked[0]
+    other.observe(user, "1210", timestamp=300)  # once the first update committed
+    log = rec.store.user_events([user])[user]
+    assert [r[1] for r in log] == ["260", "1196", "1210"]
+    state = rec.store.get_users([user])[user]
+    assert (state.n_events, state.last_timestamp) == (3, 300)
+    np.testing.assert_allclose(rec.score(user, PROBE), rec.score(history=_history(log), item_ids=PROBE),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_apply_events_names_the_row_it_cannot_fold_in(trained):
+    _, _, rec, _ = trained
+    good = ("row-check-user", 10, "260", "interaction", "")
+    with pytest.raises(KeyError, match=r"rows\[1\]: unknown item id 'no-such-item'"):
+        rec.apply_events([good, ("row-check-user", 11, "no-such-item", "interaction", "")])
+    with pytest.raises(ValueError, match=r"rows\[1\]: unknown event 'purchase'; known events"):
+        rec.apply_events([good, ("row-check-user", 11, "260", "purchase", "")])
+    with pytest.raises(ValueError, match=r"rows\[0\]: a 'tag' event needs text"):
+        rec.observe("row-check-user", "260", event="tag", timestamp=12)
+    assert rec.store.user_events(["row-check-user"])["row-check-user"] == []  # nothing applied
+
+
+def test_history_texts_are_cleaned_as_observe_cleans_them(trained):
+    from mmrec.encoders import clean_behaviour_texts
+
+    _, _, rec, _ = trained
+    raw = "Funny!!! <b>Dark</b> http://example.com"
+    (clean,) = clean_behaviour_texts([raw])
+    assert clean and clean != raw
+    np.testing.assert_allclose(rec.score(history=[("260", "tag", 1, raw)], item_ids=PROBE),
+                               rec.score(history=[("260", "tag", 1, clean)], item_ids=PROBE), rtol=1e-6)
+
+
+def test_recommend_leaves_out_interactions_but_not_items_only_tagged(trained):
+    _, _, rec, _ = trained
+    user = "tag-only-user"
+    rec.observe(user, "260", timestamp=100)
+    favourite = rec.recommend(user, k=1)[0][0]
+    rec.observe(user, favourite, event="tag", text="want to watch", timestamp=200)
+    assert favourite in {i for i, _ in rec.recommend(user, k=len(rec.item_ids))}
+    assert "260" not in {i for i, _ in rec.recommend(user, k=len(rec.item_ids))}
+
+
+def test_refresh_rejects_a_text_event_without_text(trained, tmp_path):
+    _, store_dir, rec, _ = trained
+    pd.DataFrame({"user_id": ["textless-user"] * 2, "item_id": ["260", "1210"], "timestamp": [10, 20],
+                  "event": ["tag", "interaction"], "text": ["!!!", ""]}).to_csv(tmp_path / "e.csv", index=False)
+    report = refresh_store(store_dir, tmp_path / "e.csv")
+    assert report.events_applied == 1
+    (rejected,) = report.rejected
+    assert rejected["row"] == 1 and rejected["reason"].startswith("no text: ['tag'] events are read by their text")
+    assert [r[1:3] for r in rec.store.user_events(["textless-user"])["textless-user"]] == [("1210", "interaction")]

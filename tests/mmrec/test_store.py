@@ -1,0 +1,35 @@
+"""The store's own guarantees: opening it never waits for a writer, ids keep one order whatever else it holds."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from mmrec.store import DB_NAME, Store, sort_ids
+
+
+def test_opening_a_store_does_not_wait_for_another_process_writing(tmp_path):
+    Store(tmp_path / "s").close()
+    writer = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # e.g. a long `refresh --rebuild` holding the write lock
+    writer.execute("INSERT INTO meta VALUES ('uncommitted', 'yes')")
+    try:
+        # the schema set-up used to take the write lock on every open: this waited 30 s, then failed "locked"
+        store = Store(tmp_path / "s", create=False)
+        assert store.get_meta("schema_version") == "1" and store.get_meta("uncommitted") is None
+        assert store.item_ids() == []
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_store_missing_a_table_gets_it_on_opening(tmp_path):
+    Store(tmp_path / "s").close()
+    with sqlite3.connect(tmp_path / "s" / DB_NAME) as db:
+        db.execute("DROP TABLE text_cache")
+    store = Store(tmp_path / "s")
+    assert store.cached_texts(["k"]) == {}
+
+
+def test_ids_sort_numbers_first_then_strings_whatever_else_is_stored():
+    assert sort_ids(["110", "32", "2"]) == ["2", "32", "110"]
+    assert sort_ids(["110", "32", "sku-x1", "2", "b"]) == ["2", "32", "110", "b", "sku-x1"]
