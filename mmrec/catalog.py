@@ -132,6 +132,8 @@ def read_catalog(
         raise ValueError(f"{path}: item_id {first!r} appears more than once (data rows {rows})")
 
     root = Path(images_root) if images_root is not None else Path(path).parent
+    if use_images and images_root is not None and not root.is_dir():
+        raise ValueError(f"images_root {root}: no such folder (every item would be stored without its image)")
     has_images = use_images and IMAGE_COLUMN in frame.columns
     records = frame.to_dict("records")
     rows = []

@@ -91,6 +91,12 @@ def _require_folder_or_absent(option: str, path: Path) -> None:
         raise FileExistsError(f"{option} {path}: exists and is not a folder")
 
 
+def _require_folder(option: str, path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(f"{option} {path}: {what}")
+
+
 def _require_store(path: Path) -> None:
     from .store import DB_NAME
 
@@ -113,7 +119,7 @@ def _fail(args: argparse.Namespace, message: object, code: int = EXIT_FAILED) ->
 
 
 _TABLE_FORMATS = ".csv, .tsv, .jsonl/.ndjson/.json or .parquet"
-_JSON_HELP = 'print one JSON summary as the last stdout line (on failure: {"error": MESSAGE, "exit": 1})'
+_JSON_HELP = 'print one JSON summary as the last stdout line (on failure: {"error": MESSAGE, "exit": CODE})'
 
 
 # -- embed ----------------------------------------------------------------------------------------------------
@@ -142,6 +148,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     _require_file("catalog", args.catalog)
     _require_folder_or_absent("--store", args.store)
+    if not args.no_images:  # a mistyped folder would quietly make every item text-only
+        _require_folder("--images-root", args.images_root)
     text = TextEncoderConfig(precision=args.precision, device=args.device)
     image = ImageEncoderConfig(precision=args.precision, device=args.device)
     if args.batch_size:
@@ -323,6 +331,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .recommender import Recommender
     from .training import TrainConfig
 
+    _require_folder("--images-root", args.images_root)
     print(f"[1/4] embedding {args.data / 'items.csv'} into {args.store}"
           + (f" with posters from {args.images_root}" if args.images_root else " (text only)"))
     report = embed_catalog(args.data / "items.csv", args.store, EmbedConfig(
@@ -447,8 +456,29 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, remembering its last usage error so ``--json`` can report it (subcommand parsers share the class)."""
+
+    last_error: str = ""
+
+    def error(self, message: str):
+        _Parser.last_error = message
+        super().error(message)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``; a usage error (exit 2) under ``--json`` also prints ``{"error", "exit": 2}``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit:
+        if exit.code == EXIT_USAGE and "--json" in argv:
+            _print_json_last({"error": _Parser.last_error, "exit": EXIT_USAGE})
+        raise
+
+
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmrec", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="mmrec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in commands or COMMANDS:
         help_text, add_arguments, _ = COMMANDS[name]
@@ -459,9 +489,9 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
 def run_command(name: str, argv: Sequence[str] | None = None) -> int:
     """Entry point for ``scripts/<name>.py``: the same arguments as ``mmrec <name>``."""
     help_text, add_arguments, run = COMMANDS[name]
-    parser = argparse.ArgumentParser(description=help_text)
+    parser = _Parser(description=help_text)
     add_arguments(parser)
-    return _guarded(run, parser.parse_args(argv))
+    return _guarded(run, _parse(parser, argv))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -492,7 +522,7 @@ def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     return _guarded(COMMANDS[args.command][2], args)
 
 

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -96,13 +97,34 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
     raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .parquet or .jsonl")
 
 
+@contextlib.contextmanager
+def _utf8_required(path: Path) -> Iterator[None]:
+    """Turn a decoding error, which names neither file nor line, into one that names both."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: {_first_non_utf8_line(path)} is not UTF-8 text; save the file as UTF-8") from None
+
+
+def _first_non_utf8_line(path: Path) -> str:
+    """``"line N"`` (1-based) of the first line that does not decode as UTF-8 (the readers' errors name none)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return f"line {number} (byte {line[error.start]:#04x})"
+    return "a line"
+
+
 def read_csv_strict(path: Path, sep: str = ",", **kwargs) -> pd.DataFrame:
     """``pd.read_csv`` that refuses a data row with more fields than the header, naming its line.
 
     pandas reads extra fields in the first data row as a row index, which silently shifts every column by one (an
     item's title becomes its id); later rows with extra fields already fail.
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _utf8_required(path):
         warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
             return pd.read_csv(path, sep=sep, index_col=False, **kwargs)
@@ -124,7 +146,7 @@ def read_json_records(path: Path) -> pd.DataFrame:
     naming the line (or array element) that is not a JSON object.
     """
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig") as handle:
+    with opener(path, "rt", encoding="utf-8-sig") as handle, _utf8_required(path):
         text = handle.read()
     stripped = text.strip()
     if stripped.startswith("{") and "\n" not in stripped:

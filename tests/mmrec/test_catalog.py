@@ -102,3 +102,17 @@ def test_cli_prints_library_warnings_as_warning_lines(tmp_path, capsys, monkeypa
     assert main(["embed", str(path), "--store", str(tmp_path / "store"), "--no-images"]) == 0
     err = capsys.readouterr().err
     assert err.startswith(f"warning: {path}: text column(s) ['tags'] become item text") and "UserWarning" not in err
+
+
+@pytest.mark.parametrize("name, body", [("items.csv", b"item_id,title\n1,Toy Story\n2,Caf\xe9 Society\n"),
+                                        ("items.jsonl", b'{"item_id": "1", "title": "Toy Story"}\n'
+                                                        b'{"item_id": "2", "title": "Caf\xe9 Society"}\n')])
+def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(name, body, tmp_path):
+    from mmrec.data import read_table as read_any_table
+
+    path = tmp_path / name
+    path.write_bytes(body)  # Latin-1 "é"
+    expected = rf"{name}: line {3 if name.endswith('.csv') else 2} \(byte 0xe9\) is not UTF-8 text; save the file as UTF-8"
+    for read in (read_catalog, read_any_table):
+        with pytest.raises(ValueError, match=expected):
+            read(path)

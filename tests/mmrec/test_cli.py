@@ -281,3 +281,28 @@ def test_a_corrupt_store_database_is_an_error_line(tmp_path, capsys):
     code, out, err = _run(["refresh", "--store", tmp_path / "broken", "--rebuild", "--json"], capsys)
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
     assert json.loads(out.strip().splitlines()[-1])["exit"] == 1
+
+
+@pytest.mark.parametrize("argv", [["train", "--device", "banana"], ["report", "--seeds", "x"],
+                                  ["embed", "x.csv", "--store", "s", "--precision", "fp8"]])
+def test_a_usage_error_under_json_prints_the_error_object_too(argv, store, interactions, capsys):
+    if argv[0] != "embed":
+        argv = [argv[0], "--store", str(store), "--interactions", str(interactions), *argv[1:]]
+    with pytest.raises(SystemExit) as raised:
+        main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert raised.value.code == 2 and "error:" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["exit"] == 2 and summary["error"].startswith("argument --")
+
+
+@pytest.mark.parametrize("command", ["embed", "demo"])
+def test_a_missing_images_root_is_an_error_before_any_work(command, tmp_path, catalog, monkeypatch, capsys):
+    import mmrec.embed
+
+    monkeypatch.setattr(mmrec.embed, "embed_catalog", lambda *a, **k: pytest.fail("embedding started"))
+    argv = ([command, catalog, "--store", tmp_path / "s"] if command == "embed"
+            else [command, "--store", tmp_path / "s"])
+    code, _, err = _run([*argv, "--images-root", tmp_path / "postres"], capsys)
+    assert code == 1 and err == f"error: --images-root {tmp_path / 'postres'}: no such folder\n"
+    assert not (tmp_path / "s").exists()
