@@ -183,6 +183,7 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
 def _settings(config: QualityConfig) -> dict:
     settings = {k: v for k, v in asdict(config).items() if k != "train"}
     settings["train"] = asdict(config.train)
+    settings["train"].pop("device")  # every run trains on `device` above
     return settings
 
 
@@ -193,14 +194,15 @@ def _fingerprint(config: QualityConfig) -> str:
     for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
-    settings["train"].pop("device")
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _TIE_PRONE = ("pop",)
 
 
-def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]:
+def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None) -> dict[tuple[str, str, int], dict]:
+    """The runs of ``path`` made with ``fingerprint``'s settings, by (protocol, model, seed); the keys of runs made
+    with other settings are added to ``other_settings``."""
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -215,8 +217,11 @@ def _load_runs(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]
             # popularity ties on most items: its runs from before ties counted their expected metric are redone
             # (in seconds); models scoring with continuous vectors have no ties for the rule to act on
             stale_ties = run.get("model") in _TIE_PRONE and run.get("tie_rule") != TieRule.EXPECTED.value
+            key = (run.get("protocol"), run.get("model"), run.get("seed"))
             if run.get("fingerprint") == fingerprint and not stale_ties:
-                runs[(run["protocol"], run["model"], run["seed"])] = run
+                runs[key] = run
+            elif other_settings is not None and not stale_ties:
+                other_settings.add(key)
     return runs
 
 
@@ -457,9 +462,10 @@ def _check_store_has(store: Store, models: Sequence[str]) -> None:
     lacking = {m: missing for m, missing in lacking.items() if missing}
     if lacking:
         kept = [m for m in models if m not in lacking]
+        instead = f" or pass --models {','.join(kept)}" if kept else ""
         raise ValueError(
             f"models: {', '.join(lacking)} read {' and '.join(sorted({x for v in lacking.values() for x in v}))} "
-            f"features the store does not hold; embed them (posters: --images-root) or pass --models {','.join(kept)}")
+            f"features the store does not hold; embed them (posters: --images-root){instead}")
 
 
 def run_report(
@@ -485,7 +491,18 @@ def run_report(
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"
     fingerprint = _fingerprint(config)
-    done = _load_runs(runs_path, fingerprint)
+    other_settings: set = set()
+    done = _load_runs(runs_path, fingerprint, other_settings)
+    wanted = {(p, m, s) for p in config.protocols for m in config.models for s in config.seeds}
+    unusable = sorted((wanted & other_settings) - set(done))
+    if unusable and not train:
+        # rebuilding from runs made with other options would silently drop their rows
+        message = (f"{runs_path}: {len(unusable)} of the runs asked for exist only with other settings (e.g. "
+                   f"{' '.join(map(str, unusable[0]))}); pass the training options they were made with (--epochs, "
+                   "--patience, --exposure-ratio...): their settings are in the report that made them")
+        if not wanted & set(done):
+            raise ValueError(message)
+        log.warning("%s; their rows are left out", message)
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -120,6 +120,11 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
         models=("id",), seeds=(0,), protocols=("standard",), ours="id", train=config.train,
         bootstrap_resamples=200), on_run=again.append)
     assert len(again) == 1  # other settings: retrained, not reused
+    # rebuilding without the options the runs were made with would give an empty table: refused, naming the way out
+    with pytest.raises(ValueError, match=r"runs asked for exist only with other settings .*--epochs"):
+        run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
+            models=("pop", "text+id"), seeds=(0, 1), ours="text+id", train=TrainConfig(epochs=7),
+            bootstrap_resamples=200), slice_store / "tags.csv", train=False)
 
 
 def _assert_bootstrap_matches_stored_runs(checks: dict, runs_file, ours: str, resamples: int) -> None:
