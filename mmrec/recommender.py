@@ -91,7 +91,7 @@ class Recommender:
         known_trained[meta["known_items"]] = True
         id_index = np.array([trained.get(i, 0) for i in self.item_ids], dtype=np.int64)
         known = np.array([i in trained for i in self.item_ids]) & known_trained[id_index]
-        features = item_features(store, self.item_ids, known)
+        features = item_features(store, self.item_ids, known, modalities=trained_modalities(meta))
         features.id_index = torch.from_numpy(id_index)
         with torch.no_grad():
             self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
@@ -359,7 +359,8 @@ class Recommender:
 
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
-        users when ``user_ids`` is None (after a retrain). Returns the number of users rebuilt."""
+        users when ``user_ids`` is None (after a retrain). Logged events of items the store no longer holds or of
+        event kinds the model was not trained on are skipped. Returns the number of users rebuilt."""
         ids = self.store.logged_users() if user_ids is None else list(dict.fromkeys(str(u) for u in user_ids))
         rebuilt = 0
         with self.store.transaction():
@@ -369,7 +370,10 @@ class Recommender:
                 chunk = [u for u in logs if logs[u]]
                 if not chunk:
                     continue
-                windows = [self._window(self._sorted([r for r in logs[u] if r[1] in self._position])) for u in chunk]
+                # events the model cannot read are skipped: items no longer in the store, and event kinds it was
+                # not trained on (a log from an earlier model trained with tags, say)
+                windows = [self._window(self._sorted([r for r in logs[u] if r[1] in self._position
+                                                      and r[2] in self._event_rank])) for u in chunk]
                 seqs = [w for w, _ in windows]
                 h, interest = self.advance(seqs, None, [previous for _, previous in windows])
                 self.store.put_users([
@@ -381,6 +385,12 @@ class Recommender:
         return rebuilt
 
 
+def trained_modalities(meta: dict) -> tuple[str, ...]:
+    """The modalities the saved model's training store held features for (all for models saved without it)."""
+    encoders = meta.get("encoders")
+    return ("text", "image") if encoders is None else tuple(m for m in ("text", "image") if encoders.get(m))
+
+
 _EMBED_HINT = {"text": "its text columns (--text-columns)", "image": "images (--images-root, without --no-images)"}
 
 
@@ -390,6 +400,8 @@ def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], 
     used = [m for m, on in (("text", model.config.use_text), ("image", model.config.use_image)) if on]
     for modality in used:
         want, have = sorted(trained.get(modality, [])), sorted(stored.get(modality, []))
+        if not want:
+            continue  # trained without such features (a text-only store): the model does not read them
         if want and not have:
             raise ModelLoadError(
                 f"the model was trained on {modality} features from {want}, but the store holds no {modality} "

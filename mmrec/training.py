@@ -13,7 +13,7 @@ import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,8 +109,11 @@ class TrainingData:
     held_out: np.ndarray | None = None
 
 
-def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = None) -> ItemFeatures:
-    """Stored features of ``item_ids`` as tensors; ``known`` (bool) marks items whose ID token may be used."""
+def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = None,
+                  modalities: Collection[str] = ("text", "image")) -> ItemFeatures:
+    """Stored features of ``item_ids`` as tensors; ``known`` (bool) marks items whose ID token may be used. Only
+    ``modalities`` are read: a model trained on a store without images has untrained image weights, so a poster
+    embedded later must not reach them."""
     _, text, has_text = store.feature_matrix("text", item_ids)
     _, image, has_image = store.feature_matrix("image", item_ids)
     n = len(item_ids)
@@ -118,10 +121,11 @@ def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = 
         text = np.zeros((n, 384), np.float32)
     if image.shape[1] == 0:
         image = np.zeros((n, 1280), np.float32)
+    present = np.stack([has_text & ("text" in modalities), has_image & ("image" in modalities)], axis=1)
     return ItemFeatures(
         text=torch.from_numpy(text),
         image=torch.from_numpy(image),
-        present=torch.from_numpy(np.stack([has_text, has_image], axis=1)),
+        present=torch.from_numpy(present),
         id_index=torch.arange(n),
         known=torch.from_numpy(np.zeros(n, bool) if known is None else known),
     )
@@ -160,9 +164,11 @@ def _text_encoder():
     return TextEncoder()
 
 
-def _context_events(path, split: Split, items: ItemIndex, store: Store, text_encoder) -> tuple[ContextEvents, int]:
+def _context_events(path, split: Split, items: ItemIndex, store: Store, text_encoder,
+                    event_names: Sequence[str] | None = None) -> tuple[ContextEvents, int]:
     """Text-bearing events of the split's users, their texts cleaned and embedded; returns them and the number of
-    rows dropped (unknown user or item, empty text, bad timestamp)."""
+    rows dropped (unknown user or item, empty text, bad timestamp). ``event_names``: a trained model's event
+    vocabulary, which the events' codes must follow (an event it lacks is an error)."""
     frame = read_table(path)
     text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
@@ -178,6 +184,11 @@ def _context_events(path, split: Split, items: ItemIndex, store: Store, text_enc
     item_pos = pd.Index(items.ids).get_indexer(_ids_or_empty(frame["item_id"], "item_id"))
     keep = np.flatnonzero((user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & readable)
     names = tuple(split.event_names) + tuple(sorted(set(events.iloc[keep]) - set(split.event_names)))
+    if event_names is not None:
+        unknown = sorted(set(names) - set(event_names))
+        if unknown:
+            raise ValueError(f"{path}: event(s) {unknown} are not among the model's events {list(event_names)}")
+        names = tuple(event_names)
     unique, text_index = np.unique(texts.iloc[keep].to_numpy(dtype=str), return_inverse=True)
     return ContextEvents(
         user=user_pos[keep].astype(np.int64),
@@ -199,9 +210,14 @@ def load_training_data(
     n_gap_buckets: int = 28,
     hold_out: float = 0.0,
     hold_out_seed: int = 0,
+    event_names: Sequence[str] | None = None,
+    interaction_events: Sequence[str] | None = None,
 ) -> TrainingData:
     """Read interactions (and optional text-bearing context events such as ``tags.csv``) against the store's
     items and build the leave-one-out split and behaviour sequences.
+
+    ``event_names`` / ``interaction_events``: a trained model's event vocabulary (all events / those of the
+    interactions), so evaluation codes events as training did; a name outside it is an error.
 
     ``hold_out > 0`` applies the cold-start protocol (:func:`mmrec.data.hold_out_items`): that share of items,
     chosen by ``hold_out_seed``, is removed from training, their context events (tags) included."""
@@ -216,21 +232,21 @@ def load_training_data(
             "split; for a fair evaluation embed with --text-columns title,genres and pass tags as --context-events",
             stacklevel=2)
     items = ItemIndex(tuple(item_ids))
-    inter = load_interactions(interactions, items, unknown_items=unknown_items)
+    inter = load_interactions(interactions, items, event_vocab=interaction_events, unknown_items=unknown_items)
     split = leave_one_out(inter)
     held_out = None
     if hold_out > 0:
         split, held_out = hold_out_items(split, hold_out, hold_out_seed)
     context, dropped = (None, 0)
     if context_events is not None:
-        context, dropped = _context_events(context_events, split, items, store, text_encoder)
+        context, dropped = _context_events(context_events, split, items, store, text_encoder, event_names)
         if held_out is not None:
             context = context.without_items(held_out)
     behaviour = build_behaviour(split, context, n_gap_buckets)
-    event_names = context.event_names if context is not None else tuple(split.event_names)
+    names = context.event_names if context is not None else tuple(event_names or split.event_names)
     features = item_features(store, item_ids, split.train_item_mask())
     return TrainingData(
-        split=split, behaviour=behaviour, features=features, item_ids=tuple(item_ids), event_names=event_names,
+        split=split, behaviour=behaviour, features=features, item_ids=tuple(item_ids), event_names=names,
         text_table=torch.from_numpy(behaviour.text_vectors.reshape(-1, 384)),
         encoders=store.encoders(), n_context_dropped=dropped, held_out=held_out,
     )

@@ -580,3 +580,47 @@ def test_refresh_rejects_a_text_event_without_text(trained, tmp_path):
     (rejected,) = report.rejected
     assert rejected["row"] == 1 and rejected["reason"].startswith("no text: ['tag'] events are read by their text")
     assert [r[1:3] for r in rec.store.user_events(["textless-user"])["textless-user"]] == [("1210", "interaction")]
+
+
+def test_rebuild_skips_logged_events_of_kinds_the_model_was_not_trained_on(trained, tmp_path):
+    # e.g. a store first trained with tags, then retrained without --context-events: its log still holds the tags
+    _, store_dir, _, _ = trained
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
+    rec = Recommender.load(copy, device="cpu")
+    before = rec.score("7", PROBE)
+    rec.store.add_events([("7", 2_000_000_000, "260", "review", "a review from a model trained on reviews")])
+    assert rec.rebuild(["7"]) == 1  # was: IndexError from the event embedding
+    np.testing.assert_allclose(rec.score("7", PROBE), before, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_codes_events_as_training_did(trained, tmp_path):
+    folder, store_dir, _, _ = trained
+    frame = pd.read_csv(folder / "interactions.csv")
+    frame.assign(event="bogus").to_csv(tmp_path / "bogus.csv", index=False)
+    with pytest.raises(ValueError, match=r"'bogus'.*interaction"):  # was: silently read as the model's first event
+        evaluate_store(store_dir, tmp_path / "bogus.csv")
+    tags = pd.read_csv(folder / "tags.csv").assign(event="review")
+    tags.to_csv(tmp_path / "reviews.csv", index=False)
+    with pytest.raises(ValueError, match=r"reviews.csv: event\(s\) \['review'\] are not among the model's events"):
+        evaluate_store(store_dir, folder / "interactions.csv", tmp_path / "reviews.csv")
+
+
+def test_a_text_only_model_ignores_a_poster_embedded_after_training(trained, tmp_path, posters, text_encoder,
+                                                                     image_encoder):
+    folder, store_dir, _, _ = trained
+    everything = pd.read_csv(REPO / "assets" / "ml-latest-small" / "items.csv", dtype=str, keep_default_na=False)
+    catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    newcomer = everything[~everything.item_id.isin(catalogue.item_id) & (everything.image_path != "")].iloc[:1]
+    newcomer.to_csv(tmp_path / "new.csv", index=False)
+    vectors = {}
+    for name, config in (("with-poster", EmbedConfig(images_root=posters, text_columns=["title", "genres"])),
+                         ("text-only", EmbedConfig(use_images=False, text_columns=["title", "genres"]))):
+        shutil.copytree(store_dir, tmp_path / name)
+        report = embed_catalog(tmp_path / "new.csv", tmp_path / name, config, text_encoder=text_encoder,
+                               image_encoder=image_encoder)
+        assert report.embedded == 1
+        rec = Recommender.load(tmp_path / name, device="cpu")  # was: refused, "trained on image features from no encoder"
+        vectors[name] = rec.item_vectors[rec.item_ids.index(newcomer.item_id.iloc[0])]
+    assert "image" in Store(tmp_path / "with-poster").stored_modalities()[newcomer.item_id.iloc[0]]
+    torch.testing.assert_close(vectors["with-poster"], vectors["text-only"])  # the untrained image tower is not read
