@@ -10,6 +10,7 @@ Reference: Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 201
 from __future__ import annotations
 
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -193,7 +194,9 @@ class ImageEncoder:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as error:
             where = "" if isinstance(source, bytes) else f" {source}"
-            return f"unreadable image{where} ({type(error).__name__}: {error})"
+            # PIL names the in-memory buffer it read from ("<_io.BytesIO object at 0x...>"): noise to a user
+            detail = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
+            return f"unreadable image{where} ({type(error).__name__}: {detail})"
 
     def _decoded_batches(self, sources: Sequence[_ImageSource]) -> Iterator[tuple[int, list]]:
         """Yield ``(start, decoded)`` per batch, decoding the next batch in threads while the caller runs the CNN."""

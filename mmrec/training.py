@@ -233,6 +233,9 @@ def load_training_data(
             stacklevel=2)
     items = ItemIndex(tuple(item_ids))
     inter = load_interactions(interactions, items, event_vocab=interaction_events, unknown_items=unknown_items)
+    if inter.n_dropped:
+        warnings.warn(f"{interactions}: skipped {inter.n_dropped} interaction rows naming items the store does not "
+                      "hold", stacklevel=2)
     split = leave_one_out(inter)
     held_out = None
     if hold_out > 0:

@@ -240,7 +240,10 @@ def test_unknown_items_drop_skips_the_row_in_the_real_loader(store, interactions
     # With item 9 dropped the single user has too short a history: the run fails later, not on item 9.
     code, _, err = _run(["train", "--store", store, "--interactions", interactions, "--unknown-items", "drop"],
                         capsys)
-    assert code == 1 and "not in the catalogue" not in err and err.startswith("error: ")
+    assert code == 1 and "not in the catalogue" not in err
+    warning, error = err.strip().splitlines()
+    assert warning == f"warning: {interactions}: skipped 1 interaction rows naming items the store does not hold"
+    assert error.startswith("error: ")
 
 
 # -- 7. help lists the table formats read_table supports --------------------------------------------------------

@@ -70,6 +70,7 @@ def test_bad_images_keep_stored_features_and_bad_rows_are_rejected_with_reasons(
     assert third.text_only == 0 and third.embedded == 0 and third.unchanged == 199 and third.images_kept == 2
     reasons = {w["item_id"]: w["reason"] for w in third.warnings}
     assert "unreadable image" in reasons[bad.item_id[0]] and "not found" in reasons[bad.item_id[1]]
+    assert "BytesIO" not in reasons[bad.item_id[0]]
     for item_id in bad.item_id[:2]:
         assert store.get_item(item_id).modalities == ("image", "text")
     stored = set(store.item_ids())
