@@ -540,7 +540,9 @@ def run_report(
         f"Seeds {list(config.seeds)}; protocols {list(config.protocols)} (cold: {config.hold_out:.0%} of rated items "
         "held out of training, chosen by the seed); test metrics as mean ± std over seeds; warm = users whose "
         "test item occurs in training, cold = the rest. Full ranking over the catalogue, history excluded.", "",
-        table, "", "## Checks", "", _format_checks(checks) or "(not enough runs for the checks)", "",
+        table, "", "## Checks", "", _format_checks(checks) or (
+            f"(no checks: they compare {_label(config.ours)} (--ours) with the ID-only models, and these runs do not "
+            "include both)"), "",
         "![metrics](metrics.png)" if files else "", "", "![validation curves](valid_curves.png)" if files else "",
         "", "## Settings", "", "```json", json.dumps(settings, indent=2, default=str), "```", "",
     ]
