@@ -12,9 +12,9 @@ import torch
 
 from .data import _id_strings, _ids_or_empty, _readable_timestamps, _timestamps, read_table
 from .encoders.preprocess import clean_behaviour_texts
-from .recommender import Recommender, trained_modalities
+from .recommender import Recommender, model_item_features
 from .store import Store
-from .training import TrainConfig, TrainingData, evaluate_model, fit, item_features, load_training_data
+from .training import TrainConfig, TrainingData, evaluate_model, fit, load_training_data
 
 __all__ = ["train_store", "evaluate_store", "refresh_store", "RefreshReport"]
 
@@ -111,11 +111,8 @@ def evaluate_store(store_dir, interactions, context_events=None, stages=("valid"
     rec = Recommender.load(store_dir, device=device)
     data = load_training_data(rec.store, interactions, context_events, text_encoder, unknown_items=unknown_items,
                               event_names=rec.event_names, interaction_events=rec.interaction_events)
-    if list(data.item_ids) != rec.meta["item_ids"]:
-        raise ValueError("the store's items changed since training (items embedded since are not in the model's "
-                         "item order): retrain before evaluating")
-    data.features = item_features(rec.store, list(data.item_ids), data.features.known.numpy(),
-                                  modalities=trained_modalities(rec.meta))
+    # as served: items embedded since training are new items (content only, lifted), untrained modalities unread
+    data.features = model_item_features(rec.store, list(data.item_ids), rec.meta)
     results = {}
     for stage in stages:
         result = evaluate_model(rec.model, data, stage, rec.max_len)

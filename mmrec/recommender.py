@@ -29,7 +29,7 @@ import torch
 from .behaviour import BehaviourBatch
 from .data import _INT64_LIMIT
 from .interest import gap_buckets
-from .model import ModelLoadError, MultimodalRecommender
+from .model import ItemFeatures, ModelLoadError, MultimodalRecommender
 from .store import Store, UserState
 from .training import embed_event_texts, item_features
 
@@ -86,17 +86,11 @@ class Recommender:
         self.item_ids: list[str] = store.item_ids()
         self._position = {item_id: i for i, item_id in enumerate(self.item_ids)}
         self._item_index = pd.Index(self.item_ids)
-        trained = {item_id: i for i, item_id in enumerate(meta["item_ids"])}
-        known_trained = np.zeros(len(meta["item_ids"]), bool)
-        known_trained[meta["known_items"]] = True
-        id_index = np.array([trained.get(i, 0) for i in self.item_ids], dtype=np.int64)
-        known = np.array([i in trained for i in self.item_ids]) & known_trained[id_index]
-        features = item_features(store, self.item_ids, known, modalities=trained_modalities(meta))
-        features.id_index = torch.from_numpy(id_index)
+        features = model_item_features(store, self.item_ids, meta)
         with torch.no_grad():
             self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
         # Items the model never trained on get the validation-chosen lift, as in evaluation (see ModelConfig).
-        self._new_items = torch.from_numpy(~known).to(device, torch.float32)
+        self._new_items = (~features.known).to(device, torch.float32)
         self._text_encoder = None
 
     # -- loading -----------------------------------------------------------------------------------------------
@@ -383,6 +377,20 @@ class Recommender:
                 ])
                 rebuilt += len(chunk)
         return rebuilt
+
+
+def model_item_features(store: Store, item_ids: list[str], meta: dict) -> ItemFeatures:
+    """Stored features of ``item_ids`` as the saved model (``meta``) reads them: items it trained get their ID
+    embedding's row (``known``), items embedded since are content only, and modalities it was trained without are
+    not read."""
+    trained = {item_id: i for i, item_id in enumerate(meta["item_ids"])}
+    known_trained = np.zeros(len(meta["item_ids"]), bool)
+    known_trained[meta["known_items"]] = True
+    id_index = np.array([trained.get(i, 0) for i in item_ids], dtype=np.int64)
+    known = np.array([i in trained for i in item_ids], dtype=bool) & known_trained[id_index]
+    features = item_features(store, item_ids, known, modalities=trained_modalities(meta))
+    features.id_index = torch.from_numpy(id_index)
+    return features
 
 
 def trained_modalities(meta: dict) -> tuple[str, ...]:

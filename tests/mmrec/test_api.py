@@ -321,6 +321,25 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
     assert dict(lifted)[new_id] == pytest.approx(float(unlifted[0]), rel=1e-5)
 
 
+def test_evaluate_ranks_an_item_embedded_after_training_as_a_new_item(trained, evaluated, tmp_path, text_encoder):
+    folder, store_dir, _, _ = trained
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
+    everything = pd.read_csv(REPO / "assets" / "ml-latest-small" / "items.csv", dtype=str, keep_default_na=False)
+    catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    # ids that sort among the trained ones: a mapping by position would hand them (and all after) the wrong ID rows
+    newcomers = everything[~everything.item_id.isin(catalogue.item_id)].iloc[:20]
+    newcomers.to_csv(tmp_path / "new.csv", index=False)
+    embed_catalog(tmp_path / "new.csv", copy, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
+                  text_encoder=text_encoder)
+    after = evaluate_store(copy, folder / "interactions.csv", folder / "tags.csv", text_encoder=text_encoder)
+    for stage in ("valid", "test"):  # was refused ("the store's items changed since training")
+        assert after[stage]["n_users"] == evaluated[stage]["n_users"]
+        # 20 more rankable items that no one interacted with can only push targets down, and not by much
+        for metric in ("recall@10", "recall@20", "ndcg@10", "mrr@10"):
+            assert evaluated[stage][metric] - 0.02 <= after[stage][metric] <= evaluated[stage][metric] + 1e-9
+
+
 def test_feature_matrix_of_a_modality_the_store_lacks_has_no_columns(trained):
     _, store_dir, _, _ = trained
     store = Store(store_dir, create=False)
