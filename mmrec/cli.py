@@ -504,7 +504,7 @@ def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     """Run a subcommand; expected failures (bad input, missing files, no such device) become ``error: ...`` on
     stderr and exit 1, never a traceback. ``MMREC_DEBUG=1`` in the environment lets them raise instead: a torch or
     SQLite error deep inside a run is reported in one line, which is too little to debug it."""
-    debug = os.environ.get("MMREC_DEBUG", "").strip() not in ("", "0")
+    debug = os.environ.get("MMREC_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     try:
         with warnings.catch_warnings():
             if not debug:

@@ -291,13 +291,12 @@ def _timestamps(column: pd.Series) -> np.ndarray:
     return np.floor(numeric).astype(np.int64)
 
 
-def _sort_ranks(ids: Sequence[str]) -> tuple[np.ndarray, bool]:
-    """Rank of every id under the project order, and whether every id is a number.
+def _sort_ranks(ids: Sequence[str]) -> np.ndarray:
+    """``(n,) int64`` rank of every id under the project order.
 
     Ids that parse as numbers come first, in numeric order (ties such as ``"01"``/``"1"`` broken as strings), then
     the others as strings. Two ids compare the same whatever other ids exist, so an item added after training
     does not reorder the ones the model was trained on (serving breaks equal-time ties in this order too).
-    Returns ``(ranks (n,) int64, numeric)``.
     """
     n = len(ids)
     strings = np.asarray(ids, dtype=str) if n else np.empty(0, dtype=str)
@@ -308,7 +307,7 @@ def _sort_ranks(ids: Sequence[str]) -> tuple[np.ndarray, bool]:
     order = np.lexsort((strings, np.where(is_number, numbers, 0.0), ~is_number))
     ranks = np.empty(n, dtype=np.int64)
     ranks[order] = np.arange(n, dtype=np.int64)
-    return ranks, bool(n) and bool(is_number.all())
+    return ranks
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -334,7 +333,6 @@ class ItemIndex:
     ids: tuple[str, ...]
     _lookup: pd.Index = field(init=False, repr=False, compare=False)
     _ranks: np.ndarray = field(init=False, repr=False, compare=False)
-    _numeric: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.ids)
@@ -346,11 +344,9 @@ class ItemIndex:
             dup = lookup[lookup.duplicated()][0]
             where = np.flatnonzero(lookup == dup)[:2].tolist()
             raise ValueError(f"ids: item id {dup!r} appears more than once (positions {where})")
-        ranks, numeric = _sort_ranks(ids)
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "_lookup", lookup)
-        object.__setattr__(self, "_ranks", ranks)
-        object.__setattr__(self, "_numeric", numeric)
+        object.__setattr__(self, "_ranks", _sort_ranks(ids))
 
     @classmethod
     def from_catalog(cls, source: TableSource, id_column: str = "item_id") -> ItemIndex:
@@ -364,11 +360,6 @@ class ItemIndex:
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._lookup
-
-    @property
-    def numeric(self) -> bool:
-        """Whether item ids are ordered numerically (every id is a number)."""
-        return self._numeric
 
     @property
     def sort_rank(self) -> np.ndarray:
@@ -499,8 +490,8 @@ def load_interactions(
             catalogue; ``"drop"`` drops them and counts them in ``Interactions.n_dropped``.
 
     Rows are numbered from 0 in input order, header excluded (CSV line = row + 2). Rows are sorted by (user,
-    timestamp, item id) with ids compared numerically when all are numeric, so events sharing a timestamp keep a
-    deterministic order; users are ordered the same way.
+    timestamp, item id, event) with ids in the project order (numbers first, numerically, then strings), so
+    events sharing a timestamp keep a deterministic order; users are ordered the same way.
 
     Returns:
         :class:`Interactions` with ``N`` rows.
@@ -534,11 +525,12 @@ def load_interactions(
 
     user_codes, uniques = pd.factorize(pd.Series(user_strings, dtype=object), sort=False)
     unique_ids = [str(u) for u in uniques]
-    ranks, _ = _sort_ranks(unique_ids)
+    ranks = _sort_ranks(unique_ids)
     user = ranks[user_codes]
     user_ids = tuple(np.asarray(unique_ids, dtype=object)[np.argsort(ranks)].tolist())
 
-    order = np.lexsort((items.sort_rank[item], timestamp, user))
+    # ties at one second: item id order, then event (serving sorts its log the same way; file order is lost there)
+    order = np.lexsort((event, items.sort_rank[item], timestamp, user))
     user, item, timestamp, event = user[order], item[order], timestamp[order], event[order]
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user, minlength=len(user_ids)), out=offsets[1:])

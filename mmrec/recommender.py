@@ -31,7 +31,7 @@ from .data import _INT64_LIMIT
 from .interest import gap_buckets
 from .model import ItemFeatures, ModelLoadError, MultimodalRecommender
 from .store import Store, UserState
-from .training import embed_event_texts, item_features
+from .training import TEXT_COLUMNS, embed_event_texts, item_features
 
 __all__ = ["Recommender", "Event"]
 
@@ -76,8 +76,9 @@ class Recommender:
         self.model_id: str = meta["model_id"]
         self.event_names: tuple[str, ...] = tuple(meta["event_names"])
         self._event_rank = {name: i for i, name in enumerate(self.event_names)}
-        # Models saved before this was recorded treat every event as an interaction.
-        self.interaction_events: tuple[str, ...] = tuple(meta.get("interaction_events", self.event_names))
+        # Models saved before this was recorded: context events were named after their text column
+        self.interaction_events: tuple[str, ...] = tuple(meta.get("interaction_events") or [
+            e for e in self.event_names if e not in TEXT_COLUMNS] or self.event_names)
         #: events read by their text (the context events training had, e.g. ``"tag"``)
         self.text_events: tuple[str, ...] = tuple(e for e in self.event_names if e not in self.interaction_events)
         self.default_event: str = meta.get("default_event", self.event_names[0])
@@ -196,6 +197,9 @@ class Recommender:
             ts = _unix_seconds(event[2], f"history[{n}] timestamp")
             self._item_positions([item_id])
             self._event_index(name)
+            if (name or self.default_event) in self.text_events and (len(event) < 4 or not event[3]):
+                raise ValueError(f"history[{n}]: a {name!r} event needs text: the model reads "
+                                 f"{list(self.text_events)} events by their text")
             rows.append((ts, item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
         from .encoders.preprocess import clean_behaviour_texts
 
@@ -366,13 +370,13 @@ class Recommender:
                     continue
                 # events the model cannot read are skipped: items no longer in the store, and event kinds it was
                 # not trained on (a log from an earlier model trained with tags, say)
-                windows = [self._window(self._sorted([r for r in logs[u] if r[1] in self._position
-                                                      and r[2] in self._event_rank])) for u in chunk]
+                readable = [[r for r in logs[u] if r[1] in self._position and r[2] in self._event_rank] for u in chunk]
+                windows = [self._window(self._sorted(events)) for events in readable]
                 seqs = [w for w, _ in windows]
                 h, interest = self.advance(seqs, None, [previous for _, previous in windows])
                 self.store.put_users([
                     UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
-                              seqs[i][-1][0] if seqs[i] else None, len(logs[u]))
+                              seqs[i][-1][0] if seqs[i] else None, len(readable[i]))
                     for i, u in enumerate(chunk)
                 ])
                 rebuilt += len(chunk)
@@ -410,7 +414,7 @@ def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], 
         want, have = sorted(trained.get(modality, [])), sorted(stored.get(modality, []))
         if not want:
             continue  # trained without such features (a text-only store): the model does not read them
-        if want and not have:
+        if not have:
             raise ModelLoadError(
                 f"the model was trained on {modality} features from {want}, but the store holds no {modality} "
                 f"features: re-embed the catalogue with {_EMBED_HINT[modality]} (`mmrec embed`), or retrain "
@@ -419,7 +423,7 @@ def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], 
         extra = [v for v in have if v not in want]
         if extra:
             raise ModelLoadError(
-                f"the model was trained on {modality} features from {want or 'no encoder'}, but the store now "
+                f"the model was trained on {modality} features from {want}, but the store now "
                 f"holds {modality} features from {extra}: retrain (`mmrec train`) or re-embed with the encoder "
                 f"the model was trained on"
             )

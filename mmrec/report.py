@@ -488,13 +488,15 @@ def run_report(
     if train:
         _check_store_has(store, config.models)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"
     fingerprint = _fingerprint(config)
     other_settings: set = set()
     done = _load_runs(runs_path, fingerprint, other_settings)
     wanted = {(p, m, s) for p in config.protocols for m in config.models for s in config.seeds}
     unusable = sorted((wanted & other_settings) - set(done))
+    if not train and not wanted & set(done) and not unusable:
+        raise ValueError(f"{runs_path}: no finished runs of the models, seeds and protocols asked for: nothing to "
+                         "rebuild a report from (run it without --no-train to train them)")
     if unusable and not train:
         # rebuilding from runs made with other options would silently drop their rows
         message = (f"{runs_path}: {len(unusable)} of the runs asked for exist only with other settings (e.g. "
@@ -503,6 +505,7 @@ def run_report(
         if not wanted & set(done):
             raise ValueError(message)
         log.warning("%s; their rows are left out", message)
+    out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -212,7 +212,7 @@ class Store:
         return StoredItem(*row, modalities=modalities)
 
     def item_ids(self) -> list[str]:
-        """Every stored item id, in a stable order (numeric when all ids are numbers)."""
+        """Every stored item id, in the project's id order (:func:`sort_ids`)."""
         ids = [r[0] for r in self._db.execute("SELECT item_id FROM items")]
         return sort_ids(ids)
 
@@ -398,5 +398,4 @@ def sort_ids(ids: Iterable[str]) -> list[str]:
     """The project's id order (numbers first, numerically, then strings; see :func:`mmrec.data._sort_ranks`): the
     order training and evaluation break equal-time ties in, whatever other ids the store holds."""
     ids = list(ids)
-    ranks, _ = _sort_ranks(ids)
-    return [ids[i] for i in np.argsort(ranks)]
+    return [ids[i] for i in np.argsort(_sort_ranks(ids))]

@@ -64,6 +64,14 @@ def test_numeric_ids_sort_first_as_numbers_and_the_rest_as_strings():
     assert ItemIndex(("70", "8")).sort_rank.tolist() == [1, 0]
 
 
+def test_events_on_one_item_in_the_same_second_sort_by_event():
+    # file order cannot be kept: serving reads events back from its log sorted, so both sort by event
+    df = _frame([("u", "2", 5), ("u", "2", 5), ("u", "1", 5)]).assign(event=["view", "buy", "view"])
+    inter = load_interactions(df, CATALOG)
+    assert [(CATALOG.ids_of(inter.item[i : i + 1])[0], inter.event_names[e]) for i, e in enumerate(inter.event)] == [
+        ("1", "view"), ("2", "buy"), ("2", "view")]
+
+
 def test_missing_event_column_means_interaction():
     inter = load_interactions(_frame([("1", "1", 1)]), CATALOG)
     assert inter.event_names == (DEFAULT_EVENT,)

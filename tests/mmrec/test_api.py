@@ -566,6 +566,8 @@ def test_apply_events_names_the_row_it_cannot_fold_in(trained):
         rec.apply_events([good, ("row-check-user", 11, "260", "purchase", "")])
     with pytest.raises(ValueError, match=r"rows\[0\]: a 'tag' event needs text"):
         rec.observe("row-check-user", "260", event="tag", timestamp=12)
+    with pytest.raises(ValueError, match=r"history\[1\]: a 'tag' event needs text"):
+        rec.score(history=[("260", "interaction", 1), ("1210", "tag", 2)], item_ids=PROBE)
     assert rec.store.user_events(["row-check-user"])["row-check-user"] == []  # nothing applied
 
 
@@ -643,3 +645,14 @@ def test_a_text_only_model_ignores_a_poster_embedded_after_training(trained, tmp
         vectors[name] = rec.item_vectors[rec.item_ids.index(newcomer.item_id.iloc[0])]
     assert "image" in Store(tmp_path / "with-poster").stored_modalities()[newcomer.item_id.iloc[0]]
     torch.testing.assert_close(vectors["with-poster"], vectors["text-only"])  # the untrained image tower is not read
+
+
+def test_a_model_saved_before_interaction_events_were_recorded_still_tells_tags_apart(trained, tmp_path):
+    _, store_dir, _, _ = trained
+    copy = tmp_path / "store-copy"
+    shutil.copytree(store_dir, copy)
+    config = json.loads((copy / "model" / "config.json").read_text())
+    assert config.pop("interaction_events") == ["interaction"]
+    (copy / "model" / "config.json").write_text(json.dumps(config))
+    rec = Recommender.load(copy, device="cpu")
+    assert (rec.interaction_events, rec.text_events) == (("interaction",), ("tag",))

@@ -105,7 +105,7 @@ def test_runtime_and_os_errors_become_error_lines(error, store, interactions, mo
     assert code == 1 and err == f"error: {error}\n"
 
 
-@pytest.mark.parametrize("value, raises", [("1", True), ("0", False), ("", False)])
+@pytest.mark.parametrize("value, raises", [("1", True), ("0", False), ("", False), ("false", False), ("yes", True)])
 def test_mmrec_debug_lets_errors_raise_with_their_traceback(value, raises, store, interactions, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise RuntimeError("deep inside torch")

@@ -217,3 +217,11 @@ def test_popularity_runs_recorded_under_the_older_tie_rule_are_redone(tmp_path):
     assert sorted(_load_runs(runs, "f")) == [("standard", "bpr", 0), ("standard", "id", 0)]
     runs.write_text(json.dumps({**old, "model": "pop", "tie_rule": "expected"}) + "\n")
     assert list(_load_runs(runs, "f")) == [("standard", "pop", 0)]
+
+
+def test_no_train_without_finished_runs_is_an_error_not_an_empty_report(slice_store, tmp_path):
+    # a mistyped --out used to write a header-only table and exit 0
+    with pytest.raises(ValueError, match=r"no finished runs of the models, seeds and protocols asked for"):
+        run_report(Store(slice_store / "store"), slice_store / "interactions.csv", tmp_path / "typo",
+                   QualityConfig(models=("pop",), seeds=(0,), protocols=("standard",)), train=False)
+    assert not (tmp_path / "typo").exists()
