@@ -472,7 +472,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     try:
         return parser.parse_args(argv)
     except SystemExit as exit:
-        if exit.code == EXIT_USAGE and "--json" in argv:
+        # argparse also accepts an abbreviation such as --js
+        if exit.code == EXIT_USAGE and any(len(a) > 3 and "--json".startswith(a) for a in argv):
             _print_json_last({"error": _Parser.last_error, "exit": EXIT_USAGE})
         raise
 

@@ -146,10 +146,15 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     # read as training reads them (numbers, datetimes, date strings), so a file that trains also refreshes
     seconds, readable = _readable_timestamps(frame["timestamp"])
     stamps = pd.Series(seconds, index=frame.index)
-    events = frame["event"].astype(str).str.strip() if "event" in frame.columns else pd.Series(
-        rec.default_event, index=frame.index)
     text_column = next((c for c in ("text", "tag", "review", "query") if c in frame.columns), None)
     texts = pd.Series(clean_behaviour_texts(frame[text_column].tolist()) if text_column else "", index=frame.index)
+    if "event" in frame.columns:
+        events = frame["event"].astype(str).str.strip()
+    else:
+        # as training names context events: rows with text are events named after the text column (tags.csv's
+        # rows are "tag" events), the others the training data's usual event
+        named = text_column if text_column in rec.text_events else rec.default_event
+        events = pd.Series(np.where(texts != "", named, rec.default_event), index=frame.index, dtype=object)
     reasons = pd.Series("", index=frame.index)
     checks = [
         (users == "", "empty user_id"),
@@ -159,6 +164,8 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
         (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
         (events.isin(rec.text_events) & (texts == ""),
          f"no text: {list(rec.text_events)} events are read by their text (training skips them without)"),
+        (~events.isin(rec.text_events) & (texts != ""),
+         f"text on an event that carries none in training: only {list(rec.text_events)} events have text"),
     ]
     for bad, reason in checks:
         reasons = reasons.mask(bad & (reasons == ""), reason)

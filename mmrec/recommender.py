@@ -197,9 +197,10 @@ class Recommender:
             ts = _unix_seconds(event[2], f"history[{n}] timestamp")
             self._item_positions([item_id])
             self._event_index(name)
-            if (name or self.default_event) in self.text_events and (len(event) < 4 or not event[3]):
-                raise ValueError(f"history[{n}]: a {name!r} event needs text: the model reads "
-                                 f"{list(self.text_events)} events by their text")
+            has_text = len(event) == 4 and bool(event[3])
+            if ((name or self.default_event) in self.text_events) != has_text:
+                raise ValueError(f"history[{n}]: only {list(self.text_events)} events carry text, and they need it "
+                                 f"(got a {name!r} event {'with' if has_text else 'without'} text)")
             rows.append((ts, item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
         from .encoders.preprocess import clean_behaviour_texts
 
@@ -354,6 +355,10 @@ class Recommender:
         if textless is not None:
             raise ValueError(f"rows[{textless}]: a {rows[textless][3]!r} event needs text: the model reads "
                              f"{list(self.text_events)} events by their text (training skips them without)")
+        texted = next((n for n, r in enumerate(rows) if r[3] not in self.text_events and r[4]), None)
+        if texted is not None:
+            raise ValueError(f"rows[{texted}]: a {rows[texted][3]!r} event carries no text in training; only "
+                             f"{list(self.text_events)} events are read with their text")
 
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all

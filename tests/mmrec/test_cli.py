@@ -288,11 +288,12 @@ def test_a_corrupt_store_database_is_an_error_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["train", "--device", "banana"], ["report", "--seeds", "x"],
                                   ["embed", "x.csv", "--store", "s", "--precision", "fp8"]])
-def test_a_usage_error_under_json_prints_the_error_object_too(argv, store, interactions, capsys):
+@pytest.mark.parametrize("flag", ["--json", "--js"])  # argparse takes the abbreviation as --json
+def test_a_usage_error_under_json_prints_the_error_object_too(argv, flag, store, interactions, capsys):
     if argv[0] != "embed":
         argv = [argv[0], "--store", str(store), "--interactions", str(interactions), *argv[1:]]
     with pytest.raises(SystemExit) as raised:
-        main([*argv, "--json"])
+        main([*argv, flag])
     out, err = capsys.readouterr()
     assert raised.value.code == 2 and "error:" in err
     summary = json.loads(out.strip().splitlines()[-1])
