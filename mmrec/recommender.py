@@ -122,10 +122,14 @@ class Recommender:
         return self.event_names.index(event)
 
     def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        # A serving process loads the text encoder only for a text it has not seen: training cached every tag's.
         if self._text_encoder is None:
-            from .encoders.text import TextEncoder
+            try:
+                return embed_event_texts(self.store, texts, encode_missing=False)
+            except LookupError:
+                from .encoders.text import TextEncoder
 
-            self._text_encoder = TextEncoder()
+                self._text_encoder = TextEncoder()
         return embed_event_texts(self.store, texts, self._text_encoder)
 
     def _batch(self, sequences: Sequence[list[tuple]], previous: Sequence[int | None]) -> tuple[BehaviourBatch, torch.Tensor]:

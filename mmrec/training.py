@@ -131,21 +131,25 @@ def item_features(store: Store, item_ids: list[str], known: np.ndarray | None = 
     )
 
 
-def embed_event_texts(store: Store, texts: list[str], text_encoder=None) -> np.ndarray:
+def embed_event_texts(store: Store, texts: list[str], text_encoder=None, encode_missing: bool = True) -> np.ndarray:
     """``(T, 384)`` vectors of behaviour texts, cached in the store so a text is encoded once per encoder.
 
     Without ``text_encoder`` the texts are looked up under the encoder that embedded the store's item texts, and
-    the encoder is only loaded when some text is not cached yet."""
+    the encoder is only loaded when some text is not cached yet (``encode_missing=False``: ``LookupError`` then)."""
     if not texts:
         return np.zeros((0, 384), np.float32)
     stored = store.encoders().get("text", [])
     if text_encoder is None and len(stored) != 1:
+        if not encode_missing:
+            raise LookupError(f"store {store.path}: no single text encoder to look cached texts up under")
         text_encoder = _text_encoder()
     version = text_encoder.version if text_encoder is not None else stored[0]
     keys = [hashlib.sha256(f"{version}\0{t}".encode()).hexdigest() for t in texts]
     cached = store.cached_texts(keys)
     missing = [i for i, k in enumerate(keys) if k not in cached]
     if missing:
+        if not encode_missing:
+            raise LookupError(f"{len(missing)} of {len(texts)} texts are not cached yet")
         if text_encoder is None:
             text_encoder = _text_encoder()
             if text_encoder.version != version:

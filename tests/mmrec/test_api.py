@@ -429,6 +429,13 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     monkeypatch.setattr(training, "_text_encoder", refuse)
     vectors = training.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-3
+    # nor does serving: a fresh Recommender scores a history with a cached tag without loading it
+    import mmrec.encoders.text
+
+    monkeypatch.setattr(mmrec.encoders.text, "TextEncoder", refuse)
+    rec = Recommender.load(store_dir, device="cpu")
+    assert rec.score(history=[("260", "tag", 1, clean_text(tag))], item_ids=PROBE).shape == (len(PROBE),)
+    assert rec._text_encoder is None
 
 
 def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained):
