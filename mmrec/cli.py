@@ -252,7 +252,8 @@ def format_metrics(results: dict) -> str:
     lines = [f"{'':<12}" + "".join(f"{m:>11}" for m in METRICS) + f"{'users':>8}"]
     for stage, metrics in results.items():
         for prefix, label in (("", stage), ("cold_", f"{stage} cold")):
-            if metrics.get(f"{prefix}ndcg@10") is None:
+            value = metrics.get(f"{prefix}ndcg@10")
+            if value is None or value != value:  # NaN: no cold users in this stage
                 continue
             n = metrics["n_users"] if not prefix else metrics["n_cold_users"]
             lines.append(f"{label:<12}" + "".join(f"{metrics[prefix + m]:>11.4f}" for m in METRICS) + f"{n:>8}")
@@ -287,7 +288,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="trained store")
     parser.add_argument("--events", type=Path, default=None,
-                        help=f"new events ({_TABLE_FORMATS}): user_id, item_id, timestamp[, event][, text]")
+                        help=f"new events ({_TABLE_FORMATS}): user_id, item_id, timestamp[, event][, text|tag|review|query]")
     parser.add_argument("--rebuild", action="store_true", help="recompute every user from the event log")
     parser.add_argument("--json", action="store_true", help=_JSON_HELP)
 
@@ -473,7 +474,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         return parser.parse_args(argv)
     except SystemExit as exit:
         # argparse also accepts an abbreviation such as --js
-        if exit.code == EXIT_USAGE and any(len(a) > 3 and "--json".startswith(a) for a in argv):
+        if exit.code == EXIT_USAGE and any(len(a) >= 3 and "--json".startswith(a) for a in argv):
             _print_json_last({"error": _Parser.last_error, "exit": EXIT_USAGE})
         raise
 

@@ -151,10 +151,10 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
     if "event" in frame.columns:
         events = frame["event"].astype(str).str.strip()
     else:
-        # as training names context events: rows with text are events named after the text column (tags.csv's
-        # rows are "tag" events), the others the training data's usual event
+        # as training names context events: the rows of a file with a text column the model read as events
+        # (tags.csv's `tag`) are such events; otherwise the training data's usual event
         named = text_column if text_column in rec.text_events else rec.default_event
-        events = pd.Series(np.where(texts != "", named, rec.default_event), index=frame.index, dtype=object)
+        events = pd.Series(named, index=frame.index, dtype=object)
     reasons = pd.Series("", index=frame.index)
     checks = [
         (users == "", "empty user_id"),
@@ -165,7 +165,12 @@ def _validate_events(frame: pd.DataFrame, rec: Recommender) -> tuple[list[tuple]
         (events.isin(rec.text_events) & (texts == ""),
          f"no text: {list(rec.text_events)} events are read by their text (training skips them without)"),
         (~events.isin(rec.text_events) & (texts != ""),
-         f"text on an event that carries none in training: only {list(rec.text_events)} events have text"),
+         "text on an event that carries none in training ("
+         + (f"only {list(rec.text_events)} events have text" if rec.text_events
+            else "the model was trained without text events")
+         + ("" if "event" in frame.columns or not text_column else
+            f"; without an event column these rows are {rec.default_event!r} events: add an event column")
+         + ")"),
     ]
     for bad, reason in checks:
         reasons = reasons.mask(bad & (reasons == ""), reason)

@@ -201,15 +201,16 @@ class Recommender:
             ts = _unix_seconds(event[2], f"history[{n}] timestamp")
             self._item_positions([item_id])
             self._event_index(name)
-            has_text = len(event) == 4 and bool(event[3])
-            if ((name or self.default_event) in self.text_events) != has_text:
-                raise ValueError(f"history[{n}]: only {list(self.text_events)} events carry text, and they need it "
-                                 f"(got a {name!r} event {'with' if has_text else 'without'} text)")
-            rows.append((ts, item_id, name or self.default_event, str(event[3]) if len(event) == 4 else ""))
+            text = event[3] if len(event) == 4 and isinstance(event[3], str) else ""  # None/NaN: no text
+            rows.append((ts, item_id, name or self.default_event, text))
         from .encoders.preprocess import clean_behaviour_texts
 
-        # cleaned as `observe` and training clean event texts
+        # cleaned as `observe` and training clean event texts; presence is judged on the cleaned text
         texts = clean_behaviour_texts([r[3] for r in rows])
+        for n, (row, text) in enumerate(zip(rows, texts)):
+            problem = self._text_problem(row[2], text)
+            if problem:
+                raise ValueError(f"history[{n}]: {problem}")
         window, previous = self._window(self._sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
         if not window:
             with torch.no_grad():
@@ -355,14 +356,21 @@ class Recommender:
         if (events < 0).any():
             n = int(np.argmax(events < 0))
             raise ValueError(f"rows[{n}]: unknown event {rows[n][3]!r}; known events: {list(self.event_names)}")
-        textless = next((n for n, r in enumerate(rows) if r[3] in self.text_events and not r[4]), None)
-        if textless is not None:
-            raise ValueError(f"rows[{textless}]: a {rows[textless][3]!r} event needs text: the model reads "
-                             f"{list(self.text_events)} events by their text (training skips them without)")
-        texted = next((n for n, r in enumerate(rows) if r[3] not in self.text_events and r[4]), None)
-        if texted is not None:
-            raise ValueError(f"rows[{texted}]: a {rows[texted][3]!r} event carries no text in training; only "
-                             f"{list(self.text_events)} events are read with their text")
+        for n, row in enumerate(rows):
+            problem = self._text_problem(row[3], row[4])
+            if problem:
+                raise ValueError(f"rows[{n}]: {problem}")
+
+    def _text_problem(self, event: str, text: str) -> str:
+        """Why an ``event`` with (cleaned) ``text`` cannot be read as training read events, or ``""``."""
+        if event in self.text_events and not text:
+            return (f"the model reads {event!r} events by their text and this one has none (training skips such "
+                    "events)")
+        if event not in self.text_events and text:
+            carriers = (f"only {list(self.text_events)} events carry text" if self.text_events
+                        else "the model was trained without text events")
+            return f"{event!r} events carry no text in training ({carriers})"
+        return ""
 
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all

@@ -200,9 +200,11 @@ def _fingerprint(config: QualityConfig) -> str:
 _TIE_PRONE = ("pop",)
 
 
-def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None) -> dict[tuple[str, str, int], dict]:
+def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None,
+               stale: set | None = None) -> dict[tuple[str, str, int], dict]:
     """The runs of ``path`` made with ``fingerprint``'s settings, by (protocol, model, seed); the keys of runs made
-    with other settings are added to ``other_settings``."""
+    with other settings are added to ``other_settings``, those of popularity runs from before the tie rule to
+    ``stale``."""
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -220,6 +222,8 @@ def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None) 
             key = (run.get("protocol"), run.get("model"), run.get("seed"))
             if run.get("fingerprint") == fingerprint and not stale_ties:
                 runs[key] = run
+            elif stale_ties and stale is not None and run.get("fingerprint") == fingerprint:
+                stale.add(key)
             elif other_settings is not None and not stale_ties:
                 other_settings.add(key)
     return runs
@@ -446,7 +450,8 @@ def _plots(runs: list[dict], config: QualityConfig, out: Path) -> list[Path]:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation NDCG@10")
     ax.set_title(f"validation NDCG@10 per epoch ({config.protocols[0]} protocol, seed {config.seeds[0]})")
-    ax.legend(fontsize=8)
+    if ax.lines:  # popularity alone has no epochs
+        ax.legend(fontsize=8)
     fig.tight_layout()
     files.append(out / "valid_curves.png")
     fig.savefig(files[-1], dpi=120)
@@ -491,10 +496,13 @@ def run_report(
     runs_path = out / "runs.jsonl"
     fingerprint = _fingerprint(config)
     other_settings: set = set()
-    done = _load_runs(runs_path, fingerprint, other_settings)
+    stale: set = set()
+    done = _load_runs(runs_path, fingerprint, other_settings, stale)
     wanted = {(p, m, s) for p in config.protocols for m in config.models for s in config.seeds}
+    # popularity runs from before the tie rule are redone even by --no-train: they take seconds and no device
+    redo = wanted & stale - set(done)
     unusable = sorted((wanted & other_settings) - set(done))
-    if not train and not wanted & set(done) and not unusable:
+    if not train and not wanted & (set(done) | redo) and not unusable:
         raise ValueError(f"{runs_path}: no finished runs of the models, seeds and protocols asked for: nothing to "
                          "rebuild a report from (run it without --no-train to train them)")
     if unusable and not train:
@@ -502,9 +510,13 @@ def run_report(
         message = (f"{runs_path}: {len(unusable)} of the runs asked for exist only with other settings (e.g. "
                    f"{' '.join(map(str, unusable[0]))}); pass the training options they were made with (--epochs, "
                    "--patience, --exposure-ratio...): their settings are in the report that made them")
-        if not wanted & set(done):
+        if not wanted & (set(done) | redo):
             raise ValueError(message)
         log.warning("%s; their rows are left out", message)
+    missing = wanted - set(done) - redo - set(unusable)
+    if missing and not train:
+        log.warning("%d of the runs asked for are not finished (e.g. %s): their rows are left out", len(missing),
+                    " ".join(map(str, sorted(missing)[0])))
     out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     if config.threads:
@@ -512,8 +524,9 @@ def run_report(
     try:
         for protocol in config.protocols:
             for seed in config.seeds:
-                todo = [m for m in config.models if (protocol, m, seed) not in done]
-                if not todo or not train:
+                todo = [m for m in config.models if (protocol, m, seed) not in done
+                        and (train or (protocol, m, seed) in redo)]
+                if not todo:
                     continue
                 data = load_training_data(store, interactions, context_events, unknown_items=unknown_items,
                                           hold_out=config.hold_out if protocol == "cold" else 0.0, hold_out_seed=seed)

@@ -144,6 +144,10 @@ def embed_event_texts(store: Store, texts: list[str], text_encoder=None, encode_
             raise LookupError(f"store {store.path}: no single text encoder to look cached texts up under")
         text_encoder = _text_encoder()
     version = text_encoder.version if text_encoder is not None else stored[0]
+    if len(stored) == 1 and version != stored[0]:
+        # vectors from two encoders would mix in one model's inputs
+        raise ValueError(f"store {store.path}: item texts were embedded with {stored[0]}, but the text encoder is "
+                         f"{version}; re-run `mmrec embed` first")
     keys = [hashlib.sha256(f"{version}\0{t}".encode()).hexdigest() for t in texts]
     cached = store.cached_texts(keys)
     missing = [i for i, k in enumerate(keys) if k not in cached]

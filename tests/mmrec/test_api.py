@@ -571,10 +571,16 @@ def test_apply_events_names_the_row_it_cannot_fold_in(trained):
         rec.apply_events([good, ("row-check-user", 11, "no-such-item", "interaction", "")])
     with pytest.raises(ValueError, match=r"rows\[1\]: unknown event 'purchase'; known events"):
         rec.apply_events([good, ("row-check-user", 11, "260", "purchase", "")])
-    with pytest.raises(ValueError, match=r"rows\[0\]: a 'tag' event needs text"):
+    with pytest.raises(ValueError, match=r"rows\[0\]: the model reads 'tag' events by their text and this one has none"):
         rec.observe("row-check-user", "260", event="tag", timestamp=12)
-    with pytest.raises(ValueError, match=r"history\[1\]: only \[.tag.\] events carry text.*without text"):
-        rec.score(history=[("260", "interaction", 1), ("1210", "tag", 2)], item_ids=PROBE)
+    for text in (None, "...", ""):  # none, or nothing left after cleaning
+        with pytest.raises(ValueError, match=r"history\[1\]: the model reads 'tag' events by their text"):
+            rec.score(history=[("260", "interaction", 1), ("1210", "tag", 2, text)], item_ids=PROBE)
+    # a missing text on an interaction is no text (it was read as the tag "none")
+    np.testing.assert_array_equal(rec.score(history=[("260", "interaction", 1, None)], item_ids=PROBE),
+                                  rec.score(history=[("260", "interaction", 1)], item_ids=PROBE))
+    with pytest.raises(ValueError, match=r"history\[0\]: 'interaction' events carry no text in training"):
+        rec.score(history=[("260", "interaction", 1, "loved it")], item_ids=PROBE)
     assert rec.store.user_events(["row-check-user"])["row-check-user"] == []  # nothing applied
 
 
@@ -669,14 +675,17 @@ def test_refresh_reads_a_tags_file_as_tag_events_and_refuses_text_on_interaction
     _, store_dir, rec, _ = trained
     user = "tags-file-user"
     pd.DataFrame({"user_id": [user] * 3, "item_id": ["260", "1210", "1196"], "timestamp": [10, 20, 30],
-                  "tag": ["space opera", "", "classic"]}).to_csv(tmp_path / "tags.csv", index=False)
+                  "tag": ["space opera", "...", "classic"]}).to_csv(tmp_path / "tags.csv", index=False)
     report = refresh_store(store_dir, tmp_path / "tags.csv")
-    assert report.events_applied == 3 and report.rejected == []
-    assert [(r[1], r[2]) for r in rec.store.user_events([user])[user]] == [
-        ("260", "tag"), ("1210", "interaction"), ("1196", "tag")]
+    # every row of a tags file is a tag, as training reads it; one whose text cleans away is refused, not
+    # turned into an interaction the user never had
+    assert report.events_applied == 2
+    (empty,) = report.rejected
+    assert empty["row"] == 2 and empty["reason"].startswith("no text")
+    assert [(r[1], r[2]) for r in rec.store.user_events([user])[user]] == [("260", "tag"), ("1196", "tag")]
     pd.DataFrame({"user_id": [user], "item_id": ["318"], "timestamp": [40], "event": ["interaction"],
                   "text": ["loved it"]}).to_csv(tmp_path / "texted.csv", index=False)
     (rejected,) = refresh_store(store_dir, tmp_path / "texted.csv").rejected
     assert rejected["reason"].startswith("text on an event that carries none in training")
-    with pytest.raises(ValueError, match=r"rows\[0\]: a 'interaction' event carries no text in training"):
+    with pytest.raises(ValueError, match=r"rows\[0\]: 'interaction' events carry no text in training \(only \['tag'\]"):
         rec.observe(user, "318", timestamp=50, text="loved it")

@@ -225,3 +225,16 @@ def test_no_train_without_finished_runs_is_an_error_not_an_empty_report(slice_st
         run_report(Store(slice_store / "store"), slice_store / "interactions.csv", tmp_path / "typo",
                    QualityConfig(models=("pop",), seeds=(0,), protocols=("standard",)), train=False)
     assert not (tmp_path / "typo").exists()
+
+
+def test_no_train_redoes_popularity_runs_from_before_the_tie_rule(slice_store, tmp_path):
+    from mmrec.report import _fingerprint
+
+    config = QualityConfig(models=("pop",), seeds=(0,), protocols=("standard",), bootstrap_resamples=200)
+    tmp_path.joinpath("runs.jsonl").write_text(json.dumps(
+        {"protocol": "standard", "model": "pop", "seed": 0, "fingerprint": _fingerprint(config)}) + "\n")
+    redone = []
+    summary = run_report(Store(slice_store / "store"), slice_store / "interactions.csv", tmp_path, config,
+                         on_run=redone.append, train=False)
+    assert [(r["model"], r["tie_rule"]) for r in redone] == [("pop", "expected")]
+    assert "| standard | pop | 1 |" in summary.table
