@@ -438,6 +438,17 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     assert rec._text_encoder is None
 
 
+def test_behaviour_texts_are_never_encoded_by_another_encoder_than_the_stores(trained):
+    from types import SimpleNamespace
+
+    from mmrec.training import embed_event_texts
+
+    _, store_dir, _, _ = trained
+    other = SimpleNamespace(version="some-other-encoder@1", encode=lambda texts: pytest.fail("encoded"))
+    with pytest.raises(ValueError, match=r"embedded with all-MiniLM-L6-v2@.*but the text encoder is some-other"):
+        embed_event_texts(Store(store_dir, create=False), ["a text never seen"], other)
+
+
 def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained):
     from mmrec.training import (calibrate_new_item_bias, evaluate_model, load_training_data, new_item_lift_scales,
                                 new_item_recall_ratio)
