@@ -28,6 +28,7 @@ import torch
 
 from .behaviour import BehaviourBatch
 from .data import _INT64_LIMIT
+from .encoders.preprocess import clean_behaviour_texts
 from .interest import gap_buckets
 from .model import ItemFeatures, ModelLoadError, MultimodalRecommender
 from .store import Store, UserState
@@ -203,8 +204,6 @@ class Recommender:
             self._event_index(name)
             text = event[3] if len(event) == 4 and isinstance(event[3], str) else ""  # None/NaN: no text
             rows.append((ts, item_id, name or self.default_event, text))
-        from .encoders.preprocess import clean_behaviour_texts
-
         # cleaned as `observe` and training clean event texts; presence is judged on the cleaned text
         texts = clean_behaviour_texts([r[3] for r in rows])
         for n, (row, text) in enumerate(zip(rows, texts)):
@@ -286,8 +285,6 @@ class Recommender:
         self._item_positions([item_id])
         name = self.event_names[self._event_index(event)]
         ts = int(time.time()) if timestamp is None else _unix_seconds(timestamp, "timestamp")
-        from .encoders.preprocess import clean_behaviour_texts
-
         row = (user_id, ts, item_id, name, clean_behaviour_texts([text])[0] if text else "")
         self.apply_events([row])
 
@@ -356,10 +353,12 @@ class Recommender:
         if (events < 0).any():
             n = int(np.argmax(events < 0))
             raise ValueError(f"rows[{n}]: unknown event {rows[n][3]!r}; known events: {list(self.event_names)}")
-        for n, row in enumerate(rows):
-            problem = self._text_problem(row[3], row[4])
-            if problem:
-                raise ValueError(f"rows[{n}]: {problem}")
+        # a text event must carry text and no other event may: one vectorised pass, the first offender is named
+        mismatched = np.isin(events, [self._event_rank[e] for e in self.text_events]) != np.array(
+            [bool(r[4]) for r in rows])
+        if mismatched.any():
+            n = int(np.argmax(mismatched))
+            raise ValueError(f"rows[{n}]: {self._text_problem(rows[n][3], rows[n][4])}")
 
     def _text_problem(self, event: str, text: str) -> str:
         """Why an ``event`` with (cleaned) ``text`` cannot be read as training read events, or ``""``."""
@@ -404,11 +403,11 @@ def model_item_features(store: Store, item_ids: list[str], meta: dict) -> ItemFe
     """Stored features of ``item_ids`` as the saved model (``meta``) reads them: items it trained get their ID
     embedding's row (``known``), items embedded since are content only, and modalities it was trained without are
     not read."""
-    trained = {item_id: i for i, item_id in enumerate(meta["item_ids"])}
     known_trained = np.zeros(len(meta["item_ids"]), bool)
     known_trained[meta["known_items"]] = True
-    id_index = np.array([trained.get(i, 0) for i in item_ids], dtype=np.int64)
-    known = np.array([i in trained for i in item_ids], dtype=bool) & known_trained[id_index]
+    position = pd.Index(meta["item_ids"]).get_indexer(item_ids)  # -1: embedded after training
+    id_index = np.maximum(position, 0).astype(np.int64)
+    known = (position >= 0) & known_trained[id_index]
     features = item_features(store, item_ids, known, modalities=trained_modalities(meta))
     features.id_index = torch.from_numpy(id_index)
     return features
