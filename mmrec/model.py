@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -275,15 +276,21 @@ class MultimodalRecommender(nn.Module):
     def save(self, folder: Path, extra: dict) -> None:
         """``model.safetensors`` + ``config.json`` (the model config, the weights' SHA-256 and ``extra``: item ids,
         event vocabulary, encoder versions...). Each is written to a temporary name and renamed; a crash between
-        the two renames leaves new weights beside the old config, which :meth:`load` detects by the hash."""
+        the two renames leaves new weights beside the old config, which :meth:`load` detects by the hash. Both
+        files reach the disk before they replace the old ones, so a power cut cannot leave a renamed but empty
+        file in place of a model that was there."""
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
         save_file(tensors, str(tmp_weights))
         meta = {"model": self.config.to_dict(), "weights_sha256": _sha256(tmp_weights), **extra}
         tmp_config.write_text(json.dumps(meta, indent=2))
+        _fsync(tmp_weights)
+        _fsync(tmp_config)
         tmp_weights.replace(folder / "model.safetensors")
         tmp_config.replace(folder / "config.json")
+        if os.name == "posix":  # the renames themselves live in the folder's entry; Windows cannot open a folder
+            _fsync(folder)
 
     @classmethod
     def load(cls, folder: Path) -> tuple["MultimodalRecommender", dict]:
@@ -308,6 +315,14 @@ class MultimodalRecommender(nn.Module):
             raise ModelLoadError(f"{weights_path} does not fit {config_path}: {exc}") from None
         model.eval()
         return model, meta
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

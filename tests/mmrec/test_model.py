@@ -1,6 +1,8 @@
 """The recommender's training objective (which parts of the network each loss trains) and its saved files."""
 
 import json
+import os
+import pathlib
 
 import pytest
 import torch
@@ -133,6 +135,23 @@ def test_save_load_round_trip_is_exact(tmp_path):
     features = _features()
     with torch.no_grad():
         assert torch.equal(model.item_vectors(features), loaded.item_vectors(features))
+
+
+def test_save_puts_each_file_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    _small(40).save(tmp_path, {})  # the model a crash must not lose
+    steps = []
+    fsync, replace = os.fsync, pathlib.Path.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (steps.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
+    monkeypatch.setattr(pathlib.Path, "replace",
+                        lambda self, target: (steps.append(("replace", self.stat().st_ino)), replace(self, target))[1])
+    _small(65).save(tmp_path, {})
+    renamed = [ino for step, ino in steps if step == "replace"]
+    assert len(renamed) == 2
+    for ino in renamed:
+        assert steps.index(("fsync", ino)) < steps.index(("replace", ino))
+    if os.name == "posix":
+        assert steps[-1] == ("fsync", tmp_path.stat().st_ino)  # the renames are durable too
+    assert MultimodalRecommender.load(tmp_path)[0].config.fusion.n_items == 65
 
 
 def test_weights_from_another_save_are_refused_not_half_loaded(tmp_path):
