@@ -399,7 +399,8 @@ class Interactions:
     int64``; ``offsets (U+1,) int64`` so user ``u``'s rows are ``offsets[u]:offsets[u+1]``. ``user_ids`` (U,)
     are the original user ids (numeric order when all are numeric), ``event_names`` the event vocabulary
     (``event`` indexes it), ``items`` the catalogue index ``item`` refers to. ``n_dropped`` counts input rows
-    dropped by ``unknown_items="drop"``.
+    dropped by ``unknown_items="drop"``, ``n_repeated`` rows dropped as repeats of an earlier row (same user,
+    timestamp, item and event).
     """
 
     user: np.ndarray
@@ -411,6 +412,7 @@ class Interactions:
     event_names: tuple[str, ...]
     items: ItemIndex
     n_dropped: int = 0
+    n_repeated: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.user)
@@ -491,7 +493,9 @@ def load_interactions(
 
     Rows are numbered from 0 in input order, header excluded (CSV line = row + 2). Rows are sorted by (user,
     timestamp, item id, event) with ids in the project order (numbers first, numerically, then strings), so
-    events sharing a timestamp keep a deterministic order; users are ordered the same way.
+    events sharing a timestamp keep a deterministic order; users are ordered the same way. A row equal to an
+    earlier one in all four is a repeat of the same event and counts once (``Interactions.n_repeated``), as in the
+    store's event log.
 
     Returns:
         :class:`Interactions` with ``N`` rows.
@@ -532,6 +536,12 @@ def load_interactions(
     # ties at one second: item id order, then event (serving sorts its log the same way; file order is lost there)
     order = np.lexsort((event, items.sort_rank[item], timestamp, user))
     user, item, timestamp, event = user[order], item[order], timestamp[order], event[order]
+    # sorted, so repeats are neighbours; serving's log keeps one of them and training must see what serving sees
+    repeat = np.zeros(len(user), dtype=bool)
+    repeat[1:] = ((user[1:] == user[:-1]) & (timestamp[1:] == timestamp[:-1]) & (item[1:] == item[:-1])
+                  & (event[1:] == event[:-1]))
+    if repeat.any():
+        user, item, timestamp, event = user[~repeat], item[~repeat], timestamp[~repeat], event[~repeat]
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user, minlength=len(user_ids)), out=offsets[1:])
     return Interactions(
@@ -544,6 +554,7 @@ def load_interactions(
         event_names=event_names,
         items=items,
         n_dropped=n_dropped,
+        n_repeated=int(repeat.sum()),
     )
 
 

@@ -175,7 +175,7 @@ def _text_encoder():
 def _context_events(path, split: Split, items: ItemIndex, store: Store, text_encoder,
                     event_names: Sequence[str] | None = None) -> tuple[ContextEvents, int]:
     """Text-bearing events of the split's users, their texts cleaned and embedded; returns them and the number of
-    rows dropped (unknown user or item, empty text, bad timestamp). ``event_names``: a trained model's event
+    rows dropped (unknown user or item, empty text, bad timestamp, a repeat of an earlier row). ``event_names``: a trained model's event
     vocabulary, which the events' codes must follow (an event it lacks is an error)."""
     frame = read_table(path)
     text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
@@ -190,7 +190,11 @@ def _context_events(path, split: Split, items: ItemIndex, store: Store, text_enc
     timestamps, readable = _readable_timestamps(frame["timestamp"])
     user_pos = pd.Index(split.user_ids).get_indexer(_ids_or_empty(frame["user_id"], "user_id"))
     item_pos = pd.Index(items.ids).get_indexer(_ids_or_empty(frame["item_id"], "item_id"))
-    keep = np.flatnonzero((user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & readable)
+    usable = (user_pos >= 0) & (item_pos >= 0) & (texts != "").to_numpy() & readable
+    # one of equal (user, timestamp, item, event, cleaned text) rows, as the store's event log keeps
+    repeat = pd.DataFrame({"u": user_pos, "t": timestamps, "i": item_pos, "e": events.to_numpy(),
+                           "x": texts.to_numpy()}).duplicated().to_numpy()
+    keep = np.flatnonzero(usable & ~repeat)
     names = tuple(split.event_names) + tuple(sorted(set(events.iloc[keep]) - set(split.event_names)))
     if event_names is not None:
         unknown = sorted(set(names) - set(event_names))
@@ -244,6 +248,9 @@ def load_training_data(
     if inter.n_dropped:
         warnings.warn(f"{interactions}: skipped {inter.n_dropped} interaction rows naming items the store does not "
                       "hold", stacklevel=2)
+    if inter.n_repeated:
+        warnings.warn(f"{interactions}: {inter.n_repeated} rows repeat an earlier row's user, timestamp, item and "
+                      "event; each such event counts once", stacklevel=2)
     split = leave_one_out(inter)
     held_out = None
     if hold_out > 0:

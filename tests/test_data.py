@@ -116,6 +116,16 @@ def test_unknown_item_names_row_and_id():
     assert len(inter) == 2 and inter.n_dropped == 1
 
 
+def test_a_repeated_row_is_one_event():
+    rows = [("1", "1", 1), ("1", "2", 2), ("1", "2", 2), ("1", "2", 3), ("2", "1", 1), ("1", "2", 2)]
+    inter = load_interactions(_frame(rows), CATALOG)
+    assert inter.n_repeated == 2
+    assert inter.timestamp.tolist() == [1, 2, 3, 1] and inter.lengths.tolist() == [3, 1]
+    # the same item at the same second under another event is another event
+    with_events = _frame(rows[:3]).assign(event=["view", "view", "cart"])
+    assert load_interactions(with_events, CATALOG).n_repeated == 0
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [

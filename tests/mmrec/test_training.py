@@ -84,3 +84,18 @@ def test_training_only_on_modalities_the_store_lacks_is_refused(folder):
                                          r".*--models pop,text"):
         run_report(store, folder / "interactions.csv", out, QualityConfig(models=("pop", "image", "text+image", "text")))
     assert not out.exists()
+
+
+def test_a_repeated_row_counts_once_as_in_the_event_log(folder, text_encoder):
+    # the store's log keys an event by (user, timestamp, item, event[, text]); training must read the same events
+    interactions, tags = pd.read_csv(folder / "interactions.csv"), pd.read_csv(folder / "tags.csv")
+    store = Store(folder / "store")
+    once = load_training_data(store, interactions, tags, text_encoder)
+    with pytest.warns(UserWarning, match=r"3 rows repeat an earlier row's user, timestamp, item and event"):
+        twice = load_training_data(store, pd.concat([interactions, interactions.iloc[:3]], ignore_index=True),
+                                   pd.concat([tags, tags.iloc[:2]], ignore_index=True), text_encoder)
+    for stage in ("valid", "test"):
+        assert np.array_equal(once.split.target(stage), twice.split.target(stage))
+    for name in ("offsets", "item", "timestamp", "event", "text"):
+        assert np.array_equal(getattr(once.behaviour, name), getattr(twice.behaviour, name)), name
+    assert twice.n_context_dropped == once.n_context_dropped + 2
