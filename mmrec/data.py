@@ -110,7 +110,8 @@ def _first_non_utf8_line(path: Path) -> str:
     """``"line N"`` (1-based) of the first line that does not decode as UTF-8 (the readers' errors name none)."""
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
+        # universal line ends, as the readers split lines (iterating the file splits on "\n" only)
+        for number, line in enumerate(handle.read().splitlines(), 1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:

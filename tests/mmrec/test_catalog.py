@@ -105,6 +105,9 @@ def test_cli_prints_library_warnings_as_warning_lines(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize("name, body", [("items.csv", b"item_id,title\n1,Toy Story\n2,Caf\xe9 Society\n"),
+                                        # old Mac line ends: the line count must not read it as one line
+                                        ("items.csv", b"item_id,title\r1,Toy Story\r2,Caf\xe9 Society\r"),
+                                        ("items.csv", b"item_id,title\r\n1,Toy Story\r\n2,Caf\xe9 Society\r\n"),
                                         ("items.jsonl", b'{"item_id": "1", "title": "Toy Story"}\n'
                                                         b'{"item_id": "2", "title": "Caf\xe9 Society"}\n')])
 def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(name, body, tmp_path):
