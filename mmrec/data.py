@@ -504,6 +504,16 @@ def load_interactions(
     if unknown_items not in ("error", "drop"):
         raise ValueError(f"unknown_items: expected 'error' or 'drop', got {unknown_items!r}")
     df = read_table(source)
+    try:
+        return _interactions_from_frame(df, items, event_vocab, unknown_items)
+    except ValueError as exc:
+        if isinstance(source, pd.DataFrame):
+            raise
+        raise ValueError(f"{source}: {exc}") from None  # the row and field alone don't say which file
+
+
+def _interactions_from_frame(df: pd.DataFrame, items: ItemIndex, event_vocab: Sequence[str] | None,
+                             unknown_items: str) -> Interactions:
     _require_columns(df, ["user_id", "item_id", "timestamp"], "interactions")
     df = df.reset_index(drop=True)
 

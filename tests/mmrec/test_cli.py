@@ -220,8 +220,8 @@ def test_valid_lists_still_parse():
 def test_unknown_item_error_names_the_cli_flag(store, interactions, capsys):
     code, _, err = _run(["train", "--store", store, "--interactions", interactions], capsys)
     assert code == 1
-    assert "item_id: 1 row(s) name items that are not in the catalogue" in err and "'9'" in err
-    assert "pass --unknown-items drop" in err and "unknown_items=" not in err
+    assert f"error: {interactions}: item_id: 1 row(s) name items that are not in the catalogue" in err
+    assert "'9'" in err and "pass --unknown-items drop" in err and "unknown_items=" not in err
 
 
 def test_unknown_items_drop_reaches_train_store(store, interactions, monkeypatch, capsys):
