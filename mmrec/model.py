@@ -41,7 +41,10 @@ class ModelConfig:
     in training lands where a trained item with that content would, not in a region the interests never point at.
     ``new_item_bias`` / ``new_item_logit_bias`` are added to the retrieval score / the re-ranker's logit of every
     item not seen in training: neither stage ever ranked such items against trained ones, so their scores are not
-    on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`)."""
+    on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`), and
+    with them ``new_item_text_only``: outside training, an item not seen in training that has a text is built from
+    the text alone, its image ignored (on ml-latest-small's cold protocol posters made new items' vectors rank them
+    far worse among themselves)."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -58,6 +61,7 @@ class ModelConfig:
     cold_batch: int = 2048
     new_item_bias: float = 0.0
     new_item_logit_bias: float = 0.0
+    new_item_text_only: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +124,8 @@ class MultimodalRecommender(nn.Module):
         present = features.present.clone()
         present[:, 0] &= c.use_text
         present[:, 1] &= c.use_image
+        if c.new_item_text_only and not self.training:  # training's content-only vectors keep every modality
+            present[:, 1] &= features.known | ~present[:, 0]
         return self.fusion(
             features.text if c.use_text else None,
             features.image if c.use_image else None,

@@ -169,13 +169,16 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "valid_curve": [row["valid_ndcg@10"] for row in fitted.history],
         "new_item_bias": fitted.model.config.new_item_bias,
         "new_item_logit_bias": fitted.model.config.new_item_logit_bias,
+        "new_item_text_only": fitted.model.config.new_item_text_only,
         "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
     if config.exposure_ratio > 0 and data.held_out is not None and train.new_item_recall_ratio == 0:
         lift, valid = calibrate_new_item_bias(fitted.model, data, train.new_item_bias_grid, train.max_len,
                                               train.eval_batch_size, config.exposure_ratio)
         exposed = evaluate_model(fitted.model, data, "test", train.max_len)
-        run["exposure"] = {"ratio": config.exposure_ratio, "lift": lift, "valid_ndcg@10": valid["ndcg@10"],
+        run["exposure"] = {"ratio": config.exposure_ratio, "lift": lift,
+                           "new_item_text_only": fitted.model.config.new_item_text_only,
+                           "valid_ndcg@10": valid["ndcg@10"],
                            "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(exposed)}
     return run
 

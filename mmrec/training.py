@@ -13,7 +13,7 @@ import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Sequence
+from typing import Callable, Collection, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -318,12 +318,20 @@ def evaluate_model(
 _BEYOND_GRID = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 
 
+class _Lift(NamedTuple):
+    multiple: float
+    bias: float
+    logit_bias: float
+    metrics: dict[str, float]
+    ratio: float
+
+
 @torch.no_grad()
 def calibrate_new_item_bias(
     model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int = 50,
     batch_size: int = 256, min_recall_ratio: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
-    """Choose how far items not seen in training are lifted, on validation.
+    """Choose how far items not seen in training are lifted, and from which content they are built, on validation.
 
     A multiple ``m`` of ``grid`` adds ``m`` standard deviations of the validation retrieval scores to new items'
     retrieval scores (``config.new_item_bias``) and ``m`` standard deviations of the re-ranker's logits on those
@@ -333,13 +341,39 @@ def calibrate_new_item_bias(
     The chosen multiple has the best NDCG@10 (ties keep the smaller lift) or, with ``min_recall_ratio > 0``, is the
     smallest whose :func:`new_item_recall_ratio` reaches ``min_recall_ratio``, searching on past the grid's largest
     multiple up to 8 times it (the highest ratio when none does).
+
+    A model reading text and images tries this twice, with new items built from all their content and from their
+    text alone (``config.new_item_text_only``), and keeps the better: the higher NDCG@10 or, with
+    ``min_recall_ratio > 0``, the higher NDCG@10 among those reaching the ratio (the higher ratio when neither
+    does); ties keep all the content.
     Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
+    config = model.config
+    options = [False, True] if config.use_text and config.use_image else [False]
+    found = {}
+    for text_only in options:
+        config.new_item_text_only = text_only
+        found[text_only] = _calibrate_lift(model, data, grid, max_len, batch_size, min_recall_ratio)
+    if min_recall_ratio > 0:
+        reached = [o for o in options if found[o].ratio >= min_recall_ratio]
+        chosen = max(reached or options, key=lambda o: (found[o].metrics["ndcg@10"] if reached else found[o].ratio,
+                                                         not o))
+    else:
+        chosen = max(options, key=lambda o: (found[o].metrics["ndcg@10"], not o))
+    lift = found[chosen]
+    config.new_item_text_only = chosen
+    config.new_item_bias, config.new_item_logit_bias = lift.bias, lift.logit_bias
+    return lift.multiple, lift.metrics
+
+
+def _calibrate_lift(model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int,
+                    batch_size: int, min_recall_ratio: float) -> _Lift:
+    """The lift search of :func:`calibrate_new_item_bias` for the model's current item vectors."""
     config = model.config
     config.new_item_bias = config.new_item_logit_bias = 0.0
     unlifted = evaluate_model(model, data, "valid", max_len, batch_size)
     results = {0.0: unlifted}
     if not grid or bool(data.features.known.all()) or not unlifted.is_cold.any():
-        return 0.0, {**unlifted.metrics, **unlifted.cold_metrics}
+        return _Lift(0.0, 0.0, 0.0, {**unlifted.metrics, **unlifted.cold_metrics}, new_item_recall_ratio(unlifted))
     dot_scale, logit_scale = new_item_lift_scales(model, data, max_len)
     multiples = sorted(m for m in grid if m > 0)
     if min_recall_ratio > 0 and multiples:
@@ -357,8 +391,8 @@ def calibrate_new_item_bias(
         chosen = last if ratios[last] >= min_recall_ratio else max(ratios, key=ratios.get)
     else:
         chosen = max(results, key=lambda m: (results[m].metrics["ndcg@10"], -m))
-    config.new_item_bias, config.new_item_logit_bias = chosen * dot_scale, chosen * logit_scale
-    return chosen, {**results[chosen].metrics, **results[chosen].cold_metrics}
+    return _Lift(chosen, chosen * dot_scale, chosen * logit_scale,
+                 {**results[chosen].metrics, **results[chosen].cold_metrics}, ratios[chosen])
 
 
 @torch.no_grad()
@@ -502,7 +536,8 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
                                                config.eval_batch_size, config.new_item_recall_ratio)
     if log:
-        log(f"new-item lift {lift:g} std: valid ndcg@10={calibrated['ndcg@10']:.4f} "
+        source = " (from their text alone)" if model.config.new_item_text_only else ""
+        log(f"new-item lift {lift:g} std{source}: valid ndcg@10={calibrated['ndcg@10']:.4f} "
             f"cold recall@20={calibrated['cold_recall@20']:.4f}")
     best_valid = {k: v for k, v in calibrated.items() if not k.startswith("cold_")}
     return FitResult(model=model, best_epoch=best_epoch, best_valid=best_valid, history=history,

@@ -123,6 +123,30 @@ def test_excluded_items_stay_excluded_when_the_re_ranker_sees_the_whole_catalogu
     assert torch.equal(torch.isinf(scores), exclude) and (scores[exclude] < 0).all()
 
 
+def test_new_items_built_from_text_alone_ignore_only_their_own_posters():
+    features = _features()
+    features.present[-1] = torch.tensor([False, True])  # a new item with a poster and no text keeps its poster
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)))).eval()
+    with torch.no_grad():
+        every_signal = model.item_vectors(features)
+        model.config.new_item_text_only = True
+        text_first = model.item_vectors(features)
+        no_posters = features.present.clone()
+        no_posters[:, 1] = False
+        text_alone = model.item_vectors(ItemFeatures(features.text, features.image, no_posters, features.id_index,
+                                                     features.known))
+    new_with_text = torch.tensor([False] * 36 + [True, True, True, False])
+    assert torch.allclose(text_first[new_with_text], text_alone[new_with_text])
+    assert not torch.allclose(every_signal[new_with_text], text_first[new_with_text])
+    assert torch.equal(text_first[~new_with_text], every_signal[~new_with_text])
+    model.train()  # the content-only vectors training regresses onto full ones keep their posters
+    torch.manual_seed(0)
+    trained_view = model.item_vectors(features)
+    model.config.new_item_text_only = False
+    torch.manual_seed(0)
+    assert torch.equal(trained_view, model.item_vectors(features))
+
+
 def _small(n_items: int) -> MultimodalRecommender:
     return MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=n_items)))
 

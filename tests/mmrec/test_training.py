@@ -99,3 +99,41 @@ def test_a_repeated_row_counts_once_as_in_the_event_log(folder, text_encoder):
     for name in ("offsets", "item", "timestamp", "event", "text"):
         assert np.array_equal(getattr(once.behaviour, name), getattr(twice.behaviour, name)), name
     assert twice.n_context_dropped == once.n_context_dropped + 2
+
+
+@pytest.mark.parametrize(("target", "lifts", "chosen"), [
+    # NDCG@10 decides; a tie keeps every modality
+    (0.0, {False: (0.0, 0.060, 0.0), True: (0.25, 0.062, 0.3)}, True),
+    (0.0, {False: (0.0, 0.060, 0.0), True: (0.0, 0.060, 0.1)}, False),
+    # an exposure target: the better NDCG@10 among the options that reach it...
+    (0.5, {False: (1.25, 0.049, 0.55), True: (1.0, 0.059, 0.52)}, True),
+    (0.5, {False: (1.25, 0.049, 0.55), True: (1.0, 0.059, 0.40)}, False),
+    # ...or the higher ratio when none does
+    (0.5, {False: (8.0, 0.020, 0.30), True: (8.0, 0.010, 0.45)}, True),
+])
+def test_new_items_are_built_from_the_content_that_validates_better(target, lifts, chosen, monkeypatch):
+    from types import SimpleNamespace
+
+    from mmrec import training
+    from mmrec.model import ModelConfig
+
+    config = ModelConfig()
+    tried = []
+
+    def lift_for_current_vectors(model, data, grid, max_len, batch_size, min_recall_ratio):
+        text_only = model.config.new_item_text_only
+        tried.append(text_only)
+        multiple, ndcg, ratio = lifts[text_only]
+        return training._Lift(multiple, 10 * multiple, 100 * multiple, {"ndcg@10": ndcg}, ratio)
+
+    monkeypatch.setattr(training, "_calibrate_lift", lift_for_current_vectors)
+    multiple, metrics = training.calibrate_new_item_bias(SimpleNamespace(config=config), None, (0.0, 1.0),
+                                                        min_recall_ratio=target)
+    assert tried == [False, True]
+    assert config.new_item_text_only is chosen
+    assert (multiple, metrics["ndcg@10"]) == lifts[chosen][:2]
+    assert (config.new_item_bias, config.new_item_logit_bias) == (10 * multiple, 100 * multiple)
+    # a model that reads no images has nothing to choose
+    config.use_image, tried[:] = False, []
+    training.calibrate_new_item_bias(SimpleNamespace(config=config), None, (0.0, 1.0), min_recall_ratio=target)
+    assert tried == [False] and config.new_item_text_only is False
