@@ -197,17 +197,22 @@ def _fingerprint(config: QualityConfig) -> str:
     for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
+    settings["train"]["model"].pop("new_item_text_only")  # chosen on validation after training, not a setting
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _TIE_PRONE = ("pop",)
 
 
+def _reads_text_and_image(model: str | None) -> bool:
+    return bool(model) and is_ours(model) and {"text", "image"} <= set(model.split("+"))
+
+
 def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None,
-               stale: set | None = None) -> dict[tuple[str, str, int], dict]:
+               stale: set | None = None, outdated: set | None = None) -> dict[tuple[str, str, int], dict]:
     """The runs of ``path`` made with ``fingerprint``'s settings, by (protocol, model, seed); the keys of runs made
     with other settings are added to ``other_settings``, those of popularity runs from before the tie rule to
-    ``stale``."""
+    ``stale``, those of text + image variants from before training chose new items' content to ``outdated``."""
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -223,6 +228,12 @@ def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None,
             # (in seconds); models scoring with continuous vectors have no ties for the rule to act on
             stale_ties = run.get("model") in _TIE_PRONE and run.get("tie_rule") != TieRule.EXPECTED.value
             key = (run.get("protocol"), run.get("model"), run.get("seed"))
+            if (run.get("fingerprint") == fingerprint and _reads_text_and_image(run.get("model"))
+                    and "new_item_text_only" not in run):
+                # new items were built from all their content then; now validation may choose their text alone
+                if outdated is not None:
+                    outdated.add(key)
+                continue
             if run.get("fingerprint") == fingerprint and not stale_ties:
                 runs[key] = run
             elif stale_ties and stale is not None and run.get("fingerprint") == fingerprint:
@@ -500,14 +511,18 @@ def run_report(
     fingerprint = _fingerprint(config)
     other_settings: set = set()
     stale: set = set()
-    done = _load_runs(runs_path, fingerprint, other_settings, stale)
+    outdated: set = set()
+    done = _load_runs(runs_path, fingerprint, other_settings, stale, outdated)
     wanted = {(p, m, s) for p in config.protocols for m in config.models for s in config.seeds}
     # popularity runs from before the tie rule are redone even by --no-train: they take seconds and no device
     redo = wanted & stale - set(done)
     unusable = sorted((wanted & other_settings) - set(done))
+    retrain = sorted(wanted & outdated - set(done))
     if not train and not wanted & (set(done) | redo) and not unusable:
-        raise ValueError(f"{runs_path}: no finished runs of the models, seeds and protocols asked for: nothing to "
-                         "rebuild a report from (run it without --no-train to train them)")
+        why = (f" ({len(retrain)} were made before training chose new items' content on validation)" if retrain
+               else "")
+        raise ValueError(f"{runs_path}: no finished runs of the models, seeds and protocols asked for{why}: nothing "
+                         "to rebuild a report from (run it without --no-train to train them)")
     if unusable and not train:
         # rebuilding from runs made with other options would silently drop their rows
         message = (f"{runs_path}: {len(unusable)} of the runs asked for exist only with other settings (e.g. "
@@ -516,7 +531,11 @@ def run_report(
         if not wanted & (set(done) | redo):
             raise ValueError(message)
         log.warning("%s; their rows are left out", message)
-    missing = wanted - set(done) - redo - set(unusable)
+    if retrain and not train:
+        log.warning("%d of the runs asked for (e.g. %s) were made before training chose, on validation, whether new "
+                    "items are built from their text alone: their rows are left out; run without --no-train to "
+                    "retrain them", len(retrain), " ".join(map(str, retrain[0])))
+    missing = wanted - set(done) - redo - set(unusable) - set(retrain)
     if missing and not train:
         log.warning("%d of the runs asked for are not finished (e.g. %s): their rows are left out", len(missing),
                     " ".join(map(str, sorted(missing)[0])))

@@ -58,7 +58,7 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``...
         new_item_bias_grid: after training, the lift of items not seen in training (see
             :func:`calibrate_new_item_bias`) is chosen from these multiples of the scores' standard deviation by
-            validation NDCG@10 (empty: no lift).
+            validation NDCG@10 (empty: no lift; whether new items are built from their text alone is still chosen).
         new_item_recall_ratio: a minimum exposure of new items instead: the lift is the smallest multiple whose
             validation Recall@20 on users whose target is a new item reaches this fraction of the other users'
             Recall@20 (the multiple with the highest fraction when none does). Recommending items nobody has
@@ -348,11 +348,19 @@ def calibrate_new_item_bias(
     does); ties keep all the content.
     Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
     config = model.config
-    options = [False, True] if config.use_text and config.use_image else [False]
+    features = data.features
+    # text alone differs from all the content only for new items having both
+    both = bool((~features.known & features.present.all(1)).any())
+    options = [False, True] if config.use_text and config.use_image and both else [False]
+    before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias
     found = {}
-    for text_only in options:
-        config.new_item_text_only = text_only
-        found[text_only] = _calibrate_lift(model, data, grid, max_len, batch_size, min_recall_ratio)
+    try:
+        for text_only in options:
+            config.new_item_text_only = text_only
+            found[text_only] = _calibrate_lift(model, data, grid, max_len, batch_size, min_recall_ratio)
+    except BaseException:
+        config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias = before
+        raise
     if min_recall_ratio > 0:
         reached = [o for o in options if found[o].ratio >= min_recall_ratio]
         chosen = max(reached or options, key=lambda o: (found[o].metrics["ndcg@10"] if reached else found[o].ratio,
@@ -478,6 +486,10 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
         # TF32 matmuls on GPU (the full softmax is one large matrix product per step); CPU stays float32.
         torch.backends.cuda.matmul.allow_tf32 = True
     model_config = copy.deepcopy(config.model)
+    # how new items are lifted and built is chosen on validation after training; a value carried over from another
+    # model's config would skew the validation curve that early stopping reads
+    model_config.new_item_bias = model_config.new_item_logit_bias = 0.0
+    model_config.new_item_text_only = False
     model_config.fusion.n_items = len(data.item_ids) if model_config.use_id else 0
     model_config.interest.n_events = len(data.event_names)
     model_config.interest.text_dim = 384 if len(data.text_table) else 0

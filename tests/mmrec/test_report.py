@@ -207,6 +207,26 @@ def test_the_exposure_target_is_a_setting_runs_depend_on():
         QualityConfig(exposure_ratio=-0.5)
 
 
+def test_text_and_image_runs_from_before_the_new_item_content_choice_are_retrained(tmp_path, caplog):
+    from mmrec.report import _fingerprint, _load_runs
+
+    chosen = QualityConfig()
+    chosen.train.model.new_item_text_only = True
+    assert _fingerprint(chosen) == _fingerprint(QualityConfig())  # an output of calibration, not a setting
+    runs = tmp_path / "runs.jsonl"
+    old = {"protocol": "cold", "seed": 0, "fingerprint": "f"}
+    runs.write_text("\n".join(json.dumps({**old, "model": m, **extra}) for m, extra in [
+        ("text+image+id", {}), ("text+image", {"new_item_text_only": False}), ("text+id", {}), ("sasrec", {})]))
+    outdated: set = set()
+    assert sorted(_load_runs(runs, "f", outdated=outdated)) == [
+        ("cold", "sasrec", 0), ("cold", "text+id", 0), ("cold", "text+image", 0)]
+    assert outdated == {("cold", "text+image+id", 0)}
+    config = QualityConfig(models=("text+image+id",), seeds=(0,), protocols=("cold",))
+    runs.write_text(json.dumps({**old, "model": "text+image+id", "fingerprint": _fingerprint(config)}) + "\n")
+    with pytest.raises(ValueError, match=r"\(1 were made before training chose new items' content on validation\)"):
+        run_report(None, None, tmp_path, config, train=False)
+
+
 def test_popularity_runs_recorded_under_the_older_tie_rule_are_redone(tmp_path):
     from mmrec.report import _load_runs
 

@@ -127,13 +127,55 @@ def test_new_items_are_built_from_the_content_that_validates_better(target, lift
         return training._Lift(multiple, 10 * multiple, 100 * multiple, {"ndcg@10": ndcg}, ratio)
 
     monkeypatch.setattr(training, "_calibrate_lift", lift_for_current_vectors)
-    multiple, metrics = training.calibrate_new_item_bias(SimpleNamespace(config=config), None, (0.0, 1.0),
-                                                        min_recall_ratio=target)
+    model = SimpleNamespace(config=config)
+    present = torch.tensor([[True, True], [True, True], [True, False]])
+
+    def calibrate(known):
+        tried.clear()
+        data = SimpleNamespace(features=SimpleNamespace(known=torch.tensor(known), present=present))
+        return training.calibrate_new_item_bias(model, data, (0.0, 1.0), min_recall_ratio=target)
+
+    multiple, metrics = calibrate([True, False, False])
     assert tried == [False, True]
     assert config.new_item_text_only is chosen
     assert (multiple, metrics["ndcg@10"]) == lifts[chosen][:2]
     assert (config.new_item_bias, config.new_item_logit_bias) == (10 * multiple, 100 * multiple)
-    # a model that reads no images has nothing to choose
-    config.use_image, tried[:] = False, []
-    training.calibrate_new_item_bias(SimpleNamespace(config=config), None, (0.0, 1.0), min_recall_ratio=target)
+    # nothing to choose when no new item has both a text and a poster, or the model reads no posters
+    calibrate([True, True, False])
     assert tried == [False] and config.new_item_text_only is False
+    config.use_image = False
+    calibrate([True, False, False])
+    assert tried == [False] and config.new_item_text_only is False
+
+
+def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmrec import training
+    from mmrec.model import ModelConfig
+
+    config = ModelConfig(new_item_bias=0.5, new_item_logit_bias=2.0)
+
+    def interrupted(model, *args):
+        if model.config.new_item_text_only:
+            raise KeyboardInterrupt
+        model.config.new_item_bias = 9.0
+        return training._Lift(1.0, 9.0, 9.0, {"ndcg@10": 0.1}, 0.0)
+
+    monkeypatch.setattr(training, "_calibrate_lift", interrupted)
+    features = SimpleNamespace(known=torch.tensor([True, False]), present=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(KeyboardInterrupt):
+        training.calibrate_new_item_bias(SimpleNamespace(config=config), SimpleNamespace(features=features), (1.0,))
+    assert (config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias) == (False, 0.5, 2.0)
+
+
+def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder):
+    from mmrec.model import ModelConfig
+
+    # a fifth of the items never trained on, so a carried-over lift would move them in every validation ranking
+    data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
+    carried = ModelConfig(new_item_bias=5.0, new_item_logit_bias=5.0, new_item_text_only=True)
+    plain = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=()), log=None)
+    given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), model=carried), log=None)
+    assert given.history[0]["valid_ndcg@10"] == plain.history[0]["valid_ndcg@10"]
+    assert (given.model.config.new_item_bias, given.model.config.new_item_text_only) == (0.0, False)
