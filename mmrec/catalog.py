@@ -52,7 +52,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     elif suffix in {".parquet", ".pq"}:
         frame = pd.read_parquet(path)
     else:
-        raise ValueError(f"unsupported catalogue format {path.suffix!r} for {path}: use .csv, .tsv, .jsonl/.ndjson/.json or .parquet")
+        raise ValueError(f"unsupported catalogue format {path.suffix!r} for {path}: use .csv, .tsv, "
+                         ".jsonl/.ndjson/.json or .parquet")
     return frame.apply(lambda column: column.map(_as_text))
 
 

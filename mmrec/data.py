@@ -94,7 +94,7 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
         return read_csv_strict(path, sep="\t", **text_kwargs)
     if ".csv" in suffixes or ".txt" in suffixes:
         return read_csv_strict(path, **text_kwargs)
-    raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .parquet or .jsonl")
+    raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .txt, .jsonl/.ndjson/.json or .parquet")
 
 
 @contextlib.contextmanager
@@ -509,7 +509,7 @@ def load_interactions(
     except ValueError as exc:
         if isinstance(source, pd.DataFrame):
             raise
-        raise ValueError(f"{source}: {exc}") from None  # the row and field alone don't say which file
+        raise ValueError(f"{source}: {exc}") from exc  # the row and field alone don't say which file
 
 
 def _interactions_from_frame(df: pd.DataFrame, items: ItemIndex, event_vocab: Sequence[str] | None,

@@ -324,7 +324,8 @@ class MultimodalRecommender(nn.Module):
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Windows flushes only a file opened for writing (and cannot open a folder at all); POSIX takes either
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
     try:
         os.fsync(fd)
     finally:

@@ -519,8 +519,8 @@ def run_report(
     unusable = sorted((wanted & other_settings) - set(done))
     retrain = sorted(wanted & outdated - set(done))
     if not train and not wanted & (set(done) | redo) and not unusable:
-        why = (f" ({len(retrain)} were made before training chose new items' content on validation)" if retrain
-               else "")
+        why = (f" ({len(retrain)} of them predate training's choice of new items' content on validation)"
+               if retrain else "")
         raise ValueError(f"{runs_path}: no finished runs of the models, seeds and protocols asked for{why}: nothing "
                          "to rebuild a report from (run it without --no-train to train them)")
     if unusable and not train:

@@ -13,6 +13,7 @@ import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Collection, NamedTuple, Sequence
 
 import numpy as np
@@ -175,8 +176,8 @@ def _text_encoder():
 def _context_events(path, split: Split, items: ItemIndex, store: Store, text_encoder,
                     event_names: Sequence[str] | None = None) -> tuple[ContextEvents, int]:
     """Text-bearing events of the split's users, their texts cleaned and embedded; returns them and the number of
-    rows dropped (unknown user or item, empty text, bad timestamp, a repeat of an earlier row). ``event_names``: a trained model's event
-    vocabulary, which the events' codes must follow (an event it lacks is an error)."""
+    rows dropped (unknown user or item, empty text, bad timestamp, a repeat of an earlier row). ``event_names``:
+    a trained model's event vocabulary, which the events' codes must follow (an event it lacks is an error)."""
     frame = read_table(path)
     text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
@@ -245,11 +246,12 @@ def load_training_data(
             stacklevel=2)
     items = ItemIndex(tuple(item_ids))
     inter = load_interactions(interactions, items, event_vocab=interaction_events, unknown_items=unknown_items)
+    source = interactions if isinstance(interactions, (str, Path)) else "interactions"
     if inter.n_dropped:
-        warnings.warn(f"{interactions}: skipped {inter.n_dropped} interaction rows naming items the store does not "
+        warnings.warn(f"{source}: skipped {inter.n_dropped} interaction rows naming items the store does not "
                       "hold", stacklevel=2)
     if inter.n_repeated:
-        warnings.warn(f"{interactions}: {inter.n_repeated} rows repeat an earlier row's user, timestamp, item and "
+        warnings.warn(f"{source}: {inter.n_repeated} rows repeat an earlier row's user, timestamp, item and "
                       "event; each such event counts once", stacklevel=2)
     split = leave_one_out(inter)
     held_out = None

@@ -169,13 +169,23 @@ def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
     assert (config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias) == (False, 0.5, 2.0)
 
 
-def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder):
+def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder, monkeypatch):
+    from mmrec import training
     from mmrec.model import ModelConfig
 
     # a fifth of the items never trained on, so a carried-over lift would move them in every validation ranking
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
     carried = ModelConfig(new_item_bias=5.0, new_item_logit_bias=5.0, new_item_text_only=True)
     plain = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=()), log=None)
+    validated_with = []
+    evaluate = training.evaluate_model
+
+    def observed(model, *args, **kwargs):
+        c = model.config
+        validated_with.append((c.new_item_bias, c.new_item_logit_bias, c.new_item_text_only))
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_model", observed)
     given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), model=carried), log=None)
+    assert validated_with and set(validated_with) == {(0.0, 0.0, False)}
     assert given.history[0]["valid_ndcg@10"] == plain.history[0]["valid_ndcg@10"]
-    assert (given.model.config.new_item_bias, given.model.config.new_item_text_only) == (0.0, False)
