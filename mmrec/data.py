@@ -94,7 +94,8 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
         return read_csv_strict(path, sep="\t", **text_kwargs)
     if ".csv" in suffixes or ".txt" in suffixes:
         return read_csv_strict(path, **text_kwargs)
-    raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .txt, .jsonl/.ndjson/.json or .parquet")
+    raise ValueError(f"source: cannot tell the format of {path.name!r}; use .csv, .tsv, .txt, .jsonl/.ndjson/.json "
+                     "or .parquet")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,8 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     if log:
         log(f"{data.split.n_users} users, {len(data.item_ids)} items, {len(data.behaviour.item)} events "
             f"({int((~data.behaviour.is_interaction).sum())} with text, {data.n_context_dropped} context rows "
-            f"skipped: unknown user/item, empty text, bad timestamp or repeated row); stored features: {data.encoders}")
+            f"skipped: unknown user/item, empty text, bad timestamp or repeated row); "
+            f"stored features: {data.encoders}")
     result = fit(data, config, log)
     model = result.model.cpu()
     model_id = _model_id(model, config.seed)
