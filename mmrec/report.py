@@ -463,7 +463,8 @@ def _plots(runs: list[dict], config: QualityConfig, out: Path) -> list[Path]:
             ax.plot(range(1, len(run["valid_curve"]) + 1), run["valid_curve"], label=_label(m))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation NDCG@10")
-    ax.set_title(f"validation NDCG@10 per epoch ({config.protocols[0]} protocol, seed {config.seeds[0]})")
+    ax.set_title(f"validation NDCG@10 per epoch, before the new-item lift ({config.protocols[0]} protocol, "
+                 f"seed {config.seeds[0]})")
     if ax.lines:  # popularity alone has no epochs
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -577,7 +578,10 @@ def run_report(
         f"Command: `{command}`" if command else "", "",
         f"Seeds {list(config.seeds)}; protocols {list(config.protocols)} (cold: {config.hold_out:.0%} of rated items "
         "held out of training, chosen by the seed); test metrics as mean ± std over seeds; warm = users whose "
-        "test item occurs in training, cold = the rest. Full ranking over the catalogue, history excluded.", "",
+        "test item occurs in training, cold = the rest. Full ranking over the catalogue, history excluded. "
+        "\"valid ndcg@10\" is the best epoch's; for our models, with the new-item lift (and content) training chose "
+        "on validation after early stopping, while the validation curves below show each epoch before that choice.",
+        "",
         table, "", "## Checks", "", _format_checks(checks) or (
             f"(no checks: they compare {_label(config.ours)} (--ours) with the ID-only models, and these runs do not "
             "include both)"), "",
