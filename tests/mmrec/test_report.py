@@ -223,7 +223,8 @@ def test_text_and_image_runs_from_before_the_new_item_content_choice_are_retrain
     assert outdated == {("cold", "text+image+id", 0)}
     config = QualityConfig(models=("text+image+id",), seeds=(0,), protocols=("cold",))
     runs.write_text(json.dumps({**old, "model": "text+image+id", "fingerprint": _fingerprint(config)}) + "\n")
-    with pytest.raises(ValueError, match=r"\(1 of them predate training's choice of new items' content on validation\)"):
+    with pytest.raises(ValueError,
+                       match=r"\(1 of them predate training's choice of new items' content on validation\)"):
         run_report(None, None, tmp_path, config, train=False)
 
 
