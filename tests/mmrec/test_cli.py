@@ -175,14 +175,16 @@ def test_report_accepts_a_reference_table(tmp_path, store, interactions, monkeyp
     seen = {}
 
     def fake_run_report(*args, **kwargs):
-        seen.update(kwargs)
+        seen.update(kwargs, config=args[3])
         raise ValueError("stop here")
 
     monkeypatch.setattr(mmrec.report, "run_report", fake_run_report)
     code, _, err = _run(["report", "--store", store, "--interactions", interactions, "--reference", reference,
-                         "--out", tmp_path / "out"], capsys)
+                         "--out", tmp_path / "out", "--jobs", "4"], capsys)
     assert code == 1 and err == "error: stop here\n"
-    assert seen["train"] is True
+    assert seen["train"] is True and seen["config"].jobs == 4
+    code, _, err = _run(["report", "--store", store, "--interactions", interactions, "--jobs", "0"], capsys)
+    assert code == 1 and err.startswith("error: jobs and threads: must be >= 1")
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])

@@ -194,10 +194,31 @@ def test_where_a_run_trains_does_not_change_its_fingerprint():
     from mmrec.report import _fingerprint
 
     on_gpu = QualityConfig(device="cuda", train=TrainConfig(epochs=60, patience=8, device="cuda"))
-    on_cpu = QualityConfig(device="cpu", threads=2, train=TrainConfig(epochs=60, patience=8, device="cpu"))
+    on_cpu = QualityConfig(device="cpu", threads=2, jobs=3, train=TrainConfig(epochs=60, patience=8, device="cpu"))
     assert _fingerprint(on_gpu) == _fingerprint(on_cpu)
     assert _fingerprint(on_cpu) != _fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
 
+
+
+def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_store, tmp_path):
+    """``jobs`` only changes how long the report takes: at the same thread count a CPU run repeats exactly."""
+    from dataclasses import replace
+
+    store = Store(slice_store / "store")
+    config = QualityConfig(models=("pop", "bpr", "text+id"), seeds=(0,), ours="text+id", threads=1,
+                           train=TrainConfig(epochs=2, patience=2, show_progress=False), baseline_epochs=3,
+                           bootstrap_resamples=100, device="cpu")
+    serial = run_report(store, slice_store / "interactions.csv", tmp_path / "serial", config, slice_store / "tags.csv")
+    finished = []
+    parallel = run_report(store, slice_store / "interactions.csv", tmp_path / "parallel", replace(config, jobs=2),
+                          slice_store / "tags.csv", on_run=finished.append)
+    assert len(finished) == len(parallel.runs) == 6  # protocols x models, each recorded as its worker finished
+    timings = {"seconds_per_epoch", "train_seconds", "wall_seconds"}
+    assert [{k: v for k, v in run.items() if k not in timings} for run in parallel.runs] == [
+        {k: v for k, v in run.items() if k not in timings} for run in serial.runs]
+    assert (tmp_path / "parallel" / "report.md").read_text().count("| ours: text+id") == 3
+    with pytest.raises(ValueError, match="jobs"):
+        QualityConfig(jobs=0)
 
 def test_the_exposure_target_is_a_setting_runs_depend_on():
     from mmrec.report import _fingerprint
