@@ -266,7 +266,8 @@ def _fingerprint(config: QualityConfig) -> str:
     for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "jobs", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
-    settings["train"]["model"].pop("new_item_text_only")  # chosen on validation after training, not a setting
+    for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only"):
+        settings["train"]["model"].pop(chosen_after_training)  # on validation, per run (fit ignores a given value)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

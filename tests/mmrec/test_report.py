@@ -197,6 +197,10 @@ def test_where_a_run_trains_does_not_change_its_fingerprint():
     on_cpu = QualityConfig(device="cpu", threads=2, jobs=3, train=TrainConfig(epochs=60, patience=8, device="cpu"))
     assert _fingerprint(on_gpu) == _fingerprint(on_cpu)
     assert _fingerprint(on_cpu) != _fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
+    # training chooses how new items are lifted and built, whatever the config carried in
+    chosen = TrainConfig(epochs=60, patience=8)
+    chosen.model.new_item_bias, chosen.model.new_item_logit_bias, chosen.model.new_item_text_only = 1.0, 0.5, True
+    assert _fingerprint(QualityConfig(train=chosen)) == _fingerprint(on_cpu)
 
 
 
