@@ -88,6 +88,8 @@ class QualityConfig:
         jobs: runs trained at once, each in its own worker process. One run of these models leaves a GPU mostly
             idle, so on a GPU several at once finish the report several times sooner; on a CPU the workers share
             its cores. Results do not depend on it: on a CPU a run repeats digit for digit at the same thread count.
+            Workers are started by spawning, so a script that calls :func:`run_report` with ``jobs`` > 1 needs the
+            usual ``if __name__ == "__main__":`` guard.
         device: where every model trains and is evaluated (``"auto"``: CUDA when available).
         exposure_ratio: in the cold protocol, our model is also evaluated with the new-item lift recalibrated on
             validation for this cold/warm Recall@20 ratio (0: not; skipped when ``train.new_item_recall_ratio``
