@@ -87,7 +87,8 @@ class QualityConfig:
             among the workers).
         jobs: runs trained at once, each in its own worker process. One run of these models leaves a GPU mostly
             idle, so on a GPU several at once finish the report several times sooner; on a CPU the workers share
-            its cores. Results do not depend on it: on a CPU a run repeats digit for digit at the same thread count.
+            its cores. Results do not depend on it beyond floating-point rounding (over tens of epochs, two CPU
+            runs of the same settings drift apart even one by one).
             Workers are started by spawning, so a script that calls :func:`run_report` with ``jobs`` > 1 needs the
             usual ``if __name__ == "__main__":`` guard.
         device: where every model trains and is evaluated (``"auto"``: CUDA when available).
@@ -144,7 +145,8 @@ def _split_metrics(result: EvalResult) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for group, mask in (("all", np.ones_like(result.is_cold)), ("warm", ~result.is_cold), ("cold", result.is_cold)):
         out[group] = {m: float(result.per_user[m][mask].mean()) if mask.any() else None for m in METRICS}
-    out["n"] = {"all": int(len(result.is_cold)), "warm": int((~result.is_cold).sum()), "cold": int(result.is_cold.sum())}
+    out["n"] = {"all": int(len(result.is_cold)), "warm": int((~result.is_cold).sum()),
+                "cold": int(result.is_cold.sum())}
     return out
 
 
@@ -480,9 +482,11 @@ def _format_checks(checks: dict) -> str:
                      f"over seeds) vs {_label(b['vs'])}: mean difference {b['mean_diff']:+.4f}, 95% interval "
                      f"[{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], P(ours better) = {b['p_better']:.3f}.")
         if b.get("per_seed"):
-            lines.append("  - Seed by seed (each seed of ours vs the same seed of theirs, same resampling): " + "; ".join(
+            per_seed = "; ".join(
                 f"seed {p['seed']} {p['mean_diff']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}], "
-                f"P = {p['p_better']:.3f}" for p in b["per_seed"]) + ".")
+                f"P = {p['p_better']:.3f}" for p in b["per_seed"])
+            lines.append("  - Seed by seed (each seed of ours vs the same seed of theirs, same resampling): "
+                         f"{per_seed}.")
     if "cold_protocol" in checks:
         c = checks["cold_protocol"]
         lines.append(f"- Cold protocol, {_label(checks['ours'])}: cold Recall@20 {c['cold_recall@20']:.4f} vs warm "

@@ -205,7 +205,7 @@ def test_where_a_run_trains_does_not_change_its_fingerprint():
 
 
 def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_store, tmp_path):
-    """``jobs`` only changes how long the report takes: at the same thread count a CPU run repeats exactly."""
+    """``jobs`` only changes how long the report takes: at the same thread count a short CPU run repeats exactly."""
     from dataclasses import replace
 
     store = Store(slice_store / "store")
