@@ -399,8 +399,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per run (default: torch's; with --jobs, the cores shared out)")
     parser.add_argument("--jobs", type=int, default=defaults.jobs,
-                        help="runs trained at once in worker processes (default 1; on a GPU, 4-8 finish the report "
-                             "several times sooner)")
+                        help="runs trained at once in worker processes (default 1; one run uses a small part of a "
+                             "GPU, so there several at once save time)")
     parser.add_argument("--device", type=_device, default=defaults.device,
                         help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--no-train", action="store_true",

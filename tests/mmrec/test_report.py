@@ -203,7 +203,6 @@ def test_where_a_run_trains_does_not_change_its_fingerprint():
     assert _fingerprint(QualityConfig(train=chosen)) == _fingerprint(on_cpu)
 
 
-
 def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_store, tmp_path):
     """``jobs`` only changes how long the report takes: at the same thread count a short CPU run repeats exactly."""
     from dataclasses import replace
@@ -223,6 +222,7 @@ def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_st
     assert (tmp_path / "parallel" / "report.md").read_text().count("| ours: text+id") == 3
     with pytest.raises(ValueError, match="jobs"):
         QualityConfig(jobs=0)
+
 
 def test_the_exposure_target_is_a_setting_runs_depend_on():
     from mmrec.report import _fingerprint
