@@ -85,9 +85,9 @@ class QualityConfig:
         bootstrap_resamples: paired bootstrap over test users.
         threads: torch CPU threads (``None``: torch's default; with ``jobs`` > 1, the CPU's cores shared out
             among the workers).
-        jobs: runs trained at once, each in its own worker process. One run of these models leaves a GPU mostly
-            idle, so on a GPU several at once finish the report several times sooner; on a CPU the workers share
-            its cores. Results do not depend on it beyond floating-point rounding (over tens of epochs, two CPU
+        jobs: runs trained at once, each in its own worker process. One run of these models uses a small part of
+            a GPU (the README table's 21 standard-protocol runs ran side by side on one H100 in 7 minutes); on a
+            CPU the workers share its cores. Results do not depend on it beyond floating-point rounding (over tens of epochs, two CPU
             runs of the same settings drift apart even one by one).
             Workers are started by spawning, so a script that calls :func:`run_report` with ``jobs`` > 1 needs the
             usual ``if __name__ == "__main__":`` guard.
