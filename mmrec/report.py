@@ -87,8 +87,8 @@ class QualityConfig:
             among the workers).
         jobs: runs trained at once, each in its own worker process. One run of these models uses a small part of
             a GPU (the README table's 21 standard-protocol runs ran side by side on one H100 in 7 minutes); on a
-            CPU the workers share its cores. Results do not depend on it beyond floating-point rounding (over tens of epochs, two CPU
-            runs of the same settings drift apart even one by one).
+            CPU the workers share its cores. Results do not depend on it beyond floating-point rounding: a CPU
+            run repeats bit for bit at the same thread count, in a worker or not.
             Workers are started by spawning, so a script that calls :func:`run_report` with ``jobs`` > 1 needs the
             usual ``if __name__ == "__main__":`` guard.
         device: where every model trains and is evaluated (``"auto"``: CUDA when available).

@@ -8,13 +8,14 @@ reproducible on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, NamedTuple, Sequence
+from typing import Callable, Collection, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -472,6 +473,30 @@ def check_store_modalities(config: ModelConfig, encoders: dict[str, list[str]], 
         log(f"the store holds no {' or '.join(missing)} features: training without them")
 
 
+@contextlib.contextmanager
+def _repeatable_training(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while a model trains on a CPU; the previous setting is restored afterwards.
+
+    Why: with more than one thread, the backward of gathering rows of a table (the item vectors of a batch) adds
+    gradients into shared rows in thread-timing order, so two CPU runs of mmrec's model with the same seed differ in
+    the last bits after one epoch and in validation NDCG after a dozen. The deterministic kernels gave bit-equal
+    runs at no measurable cost (ml-latest-small, 2 threads: 38-50 s per epoch either way). The baselines' fits
+    repeat without it. The flag is process-wide while on. CUDA runs are left as they are: there it also needs
+    ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # warn_only: an op without a deterministic CPU kernel warns instead of stopping the training
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -508,43 +533,44 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     show = config.show_progress if config.show_progress is not None else True
     best, best_epoch, best_state, history, waited = -1.0, 0, None, [], 0
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        tick = time.perf_counter()
-        order = rng.permutation(len(windows))
-        totals: dict[str, float] = {}
-        steps = range(0, len(order), config.batch_size)
-        for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not show, unit="batch"):
-            batch = windows.batch(order[start : start + config.batch_size]).to(device)
-            loss, parts = model.loss(batch, features, table)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
+    with _repeatable_training(device):
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            tick = time.perf_counter()
+            order = rng.permutation(len(windows))
+            totals: dict[str, float] = {}
+            steps = range(0, len(order), config.batch_size)
+            for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not show, unit="batch"):
+                batch = windows.batch(order[start : start + config.batch_size]).to(device)
+                loss, parts = model.loss(batch, features, table)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimizer.step()
+                if averaged is not None:
+                    averaged.update(model)
+                for k, v in parts.items():
+                    totals[k] = totals.get(k, 0.0) + v / len(steps)
+            train_seconds = time.perf_counter() - tick
             if averaged is not None:
-                averaged.update(model)
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v / len(steps)
-        train_seconds = time.perf_counter() - tick
-        if averaged is not None:
-            averaged.materialise()
-        valid = evaluate_model(evaluated, data, "valid", config.max_len, config.eval_batch_size).metrics
-        row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
-               **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}
-        history.append(row)
-        improved = valid["ndcg@10"] > best
-        if improved:
-            best, best_epoch, waited = valid["ndcg@10"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-            best_valid = valid
-        else:
-            waited += 1
-        if log:
-            parts_text = " ".join(f"{k}={v:.4f}" for k, v in totals.items())
-            log(f"epoch {epoch:>2}  {parts_text}  valid ndcg@10={valid['ndcg@10']:.4f} "
-                f"recall@10={valid['recall@10']:.4f}  {train_seconds:.1f}s{'  *' if improved else ''}")
-        if waited >= config.patience:
-            break
+                averaged.materialise()
+            valid = evaluate_model(evaluated, data, "valid", config.max_len, config.eval_batch_size).metrics
+            row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
+                   **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}
+            history.append(row)
+            improved = valid["ndcg@10"] > best
+            if improved:
+                best, best_epoch, waited = valid["ndcg@10"], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+                best_valid = valid
+            else:
+                waited += 1
+            if log:
+                parts_text = " ".join(f"{k}={v:.4f}" for k, v in totals.items())
+                log(f"epoch {epoch:>2}  {parts_text}  valid ndcg@10={valid['ndcg@10']:.4f} "
+                    f"recall@10={valid['recall@10']:.4f}  {train_seconds:.1f}s{'  *' if improved else ''}")
+            if waited >= config.patience:
+                break
     model.load_state_dict(best_state)
     model.eval()
     lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,

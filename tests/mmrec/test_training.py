@@ -189,3 +189,19 @@ def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder, m
     given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), model=carried), log=None)
     assert validated_with and set(validated_with) == {(0.0, 0.0, False)}
     assert given.history[0]["valid_ndcg@10"] == plain.history[0]["valid_ndcg@10"]
+
+
+def test_a_cpu_training_repeats_bit_for_bit_on_several_threads(folder):
+    """Two threads add an indexed table's gradients in timing order unless training asks for deterministic
+    kernels; then the same seed gives the same weights, and the process-wide flag is off again afterwards."""
+    data = load_training_data(Store(folder / "store"), folder / "interactions.csv")
+    config = TrainConfig(epochs=3, show_progress=False, new_item_bias_grid=(), device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = [fit(data, config, log=None).model.state_dict() for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.are_deterministic_algorithms_enabled()
