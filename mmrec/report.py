@@ -35,6 +35,7 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -246,10 +247,22 @@ def _train_in_workers(pending: list[tuple[str, int, str]], source: _Source, conf
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
         to_worker = replace(source, store=source.store.path)
         futures = {pool.submit(_train_in_worker, to_worker, *task, config): task for task in pending}
+        unfinished = set(pending)
         try:
             for future in as_completed(futures):
-                protocol, seed, model = futures[future]
-                record(protocol, seed, model, *future.result())
+                protocol, seed, model = task = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool as error:
+                    # every unfinished run fails with this, so which one's process died is not known
+                    runs = "; ".join(f"{p} protocol, seed {s}: {m}" for p, s, m in sorted(unfinished))
+                    raise RuntimeError(
+                        f"a worker process was killed (out of memory? try fewer --jobs) while these runs were "
+                        f"unfinished: {runs}. Finished runs are kept; rerun the command to resume") from error
+                except Exception as error:
+                    raise RuntimeError(f"{protocol} protocol, seed {seed}: {model} failed: {error}") from error
+                record(protocol, seed, model, *result)
+                unfinished.discard(task)
                 log.info("%s protocol, seed %d: %s done", protocol, seed, model)
         except BaseException:
             pool.shutdown(cancel_futures=True)

@@ -224,6 +224,32 @@ def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_st
         QualityConfig(jobs=0)
 
 
+class _EndsTheProcessThatUnpicklesIt:
+    """Stands in for a worker killed from outside (the kernel's out-of-memory killer): unpickling it exits."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+def test_a_failed_or_killed_worker_names_the_runs_it_leaves_unfinished(slice_store, tmp_path):
+    from mmrec.report import _Source, _train_in_workers
+
+    config = QualityConfig(models=("pop",), seeds=(0,), jobs=2, threads=1, device="cpu")
+    pending = [("standard", 0, "pop"), ("cold", 0, "pop")]
+    recorded = []
+    store = Store(slice_store / "store")
+    missing = _Source(store, tmp_path / "gone.csv", None, "error")
+    with pytest.raises(RuntimeError, match=r"seed 0: pop failed: .*gone\.csv"):
+        _train_in_workers(pending, missing, config, lambda *run: recorded.append(run))
+    killed = _Source(store, _EndsTheProcessThatUnpicklesIt(), None, "error")
+    with pytest.raises(RuntimeError, match=r"worker process was killed .* cold protocol, seed 0: pop; "
+                                           r"standard protocol, seed 0: pop\. Finished runs are kept"):
+        _train_in_workers(pending, killed, config, lambda *run: recorded.append(run))
+    assert recorded == []
+
+
 def test_the_exposure_target_is_a_setting_runs_depend_on():
     from mmrec.report import _fingerprint
 
