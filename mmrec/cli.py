@@ -199,13 +199,16 @@ def _check_data_arguments(args: argparse.Namespace) -> None:
 
 _NEW_ITEM_RECALL_RATIO_HELP = ("lift new (untrained) items until their users' validation Recall@20 reaches this "
                                "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
+_NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: lift (default) or slots (no lift; the fewest of "
+                           "the last places of every top 20 that reach it go to new items, the places above keep "
+                           "their order)")
 
 
 _SIGNALS = ("text", "image", "id")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    from .training import EXPOSURES, TrainConfig
 
     defaults = TrainConfig()
     _add_data_arguments(parser)
@@ -221,6 +224,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda...")
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.new_item_exposure,
+                        help=_NEW_ITEM_EXPOSURE_HELP)
     _add_unknown_items_argument(parser)
 
 
@@ -231,7 +236,7 @@ def run_train(args: argparse.Namespace) -> int:
     _check_data_arguments(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len,
                          learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, device=args.device,
-                         new_item_recall_ratio=args.new_item_recall_ratio,
+                         new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
                          show_progress=None if sys.stderr.isatty() else False)
     config.model.use_text = "text" in args.modalities
     config.model.use_image = "image" in args.modalities

@@ -44,7 +44,9 @@ class ModelConfig:
     on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`), and
     with them ``new_item_text_only``: outside training, an item not seen in training that has a text is built from
     the text alone, its image ignored (on ml-latest-small's cold protocol posters made new items' vectors rank them
-    far worse among themselves)."""
+    far worse among themselves). ``new_item_slots`` > 0 instead guarantees new items exposure: in every ranking the
+    last ``new_item_slots`` places of the first ``new_item_slot_depth`` go to the best-scored new items (see
+    :meth:`MultimodalRecommender.place_new_items`); :func:`mmrec.training.calibrate_new_item_slots` chooses it."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -62,6 +64,13 @@ class ModelConfig:
     new_item_bias: float = 0.0
     new_item_logit_bias: float = 0.0
     new_item_text_only: bool = False
+    new_item_slots: int = 0
+    new_item_slot_depth: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.new_item_slots <= self.new_item_slot_depth:
+            raise ValueError(f"new_item_slots must be in [0, new_item_slot_depth={self.new_item_slot_depth}], "
+                             f"got {self.new_item_slots}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +205,34 @@ class MultimodalRecommender(nn.Module):
             dot = dot + self.config.new_item_bias * new_items.to(dot.dtype)
         if exclude is not None:
             dot = dot.masked_fill(exclude, float("-inf"))
-        return self.rerank(interest, vectors, dot, new_items)
+        return self.place_new_items(self.rerank(interest, vectors, dot, new_items), new_items)
+
+    def place_new_items(self, scores: torch.Tensor, new_items: torch.Tensor | None, slots: int | None = None,
+                        depth: int | None = None) -> torch.Tensor:
+        """``(B, N)`` scores reordered so that in every row places ``1 .. depth - slots`` hold the best trained items
+        and the next ``slots`` places the best new items (``new_items (N,)`` bool), by ``scores``; every other item
+        follows in its own order, and ``-inf`` (excluded) stays ``-inf``. ``slots``, ``depth``: by default the
+        config's ``new_item_slots``, ``new_item_slot_depth``; 0 slots or no new items returns ``scores`` unchanged.
+
+        Why places at the end of the list: the first ``depth - slots`` stay exactly as they were (NDCG@10 does not
+        move for up to 10 places of 20), and a list always holds that many new items, where an additive lift lets
+        new items in wherever their lifted score lands."""
+        slots = self.config.new_item_slots if slots is None else slots
+        depth = self.config.new_item_slot_depth if depth is None else depth
+        if not slots or new_items is None or not bool(new_items.any()):
+            return scores
+        n = scores.shape[1]
+        trained_best = scores.masked_fill(new_items, float("-inf")).topk(min(depth - slots, n), dim=1)
+        new_best = scores.masked_fill(~new_items, float("-inf")).topk(min(slots, n), dim=1)
+        finite = scores[torch.isfinite(scores)]
+        top = (finite.max() if len(finite) else scores.new_zeros(())) + 1.0
+        placed = scores.clone()
+        # places 1.. get top + depth, top + depth - 1, ...: above every other item, in order; -inf picks stay -inf
+        for best, first in ((trained_best, depth), (new_best, slots)):
+            ranks = torch.arange(best.indices.shape[1], device=scores.device, dtype=scores.dtype)
+            value = torch.where(torch.isfinite(best.values), top + first - ranks, best.values)
+            placed.scatter_(1, best.indices, value)
+        return placed
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: BehaviourBatch, features: ItemFeatures, text_table: torch.Tensor | None = None

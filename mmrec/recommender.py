@@ -92,7 +92,7 @@ class Recommender:
         with torch.no_grad():
             self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
         # Items the model never trained on get the validation-chosen lift, as in evaluation (see ModelConfig).
-        self._new_items = (~features.known).to(device, torch.float32)
+        self._new_items = (~features.known).to(device)  # (N,) bool
         self._text_encoder = None
 
     # -- loading -----------------------------------------------------------------------------------------------
@@ -250,27 +250,27 @@ class Recommender:
         dot-product retrieval, then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
         alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
         leaves out the items of the user's interaction events (the kinds training predicted); an item the user only
-        tagged stays rankable, as in evaluation."""
+        tagged stays rankable, as in evaluation. A model with ``new_item_slots`` (``ModelConfig``) gives the last
+        places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
+        to ``k`` (rounded; 6 of 20 → 3 of 10)."""
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
         user_id = _id_string(user_id, "user_id")
         interest = self._user_interest(user_id)
-        dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items  # (N,)
+        dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items.float()  # (N,)
         if exclude_seen:
             seen = self.store.seen_items(user_id, self.interaction_events)
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
-        n_candidates = min(max(k, self.model.config.scorer.rerank), int(torch.isfinite(dot).sum()))
-        top = dot.topk(n_candidates).indices  # best first by dot product
-        logits = self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0]
-        # The order evaluation measured (MultimodalRecommender.rerank): the MLP orders the best `rerank`
-        # candidates, any others follow in dot-product order.
-        r = min(self.model.config.scorer.rerank, n_candidates)
-        head = (logits[:r] + self.model.config.new_item_logit_bias * self._new_items[top[:r]]).argsort(descending=True)
-        order = torch.cat([head, torch.arange(r, n_candidates, device=head.device)])[:k]
-        probs = torch.sigmoid(logits)
-        return [(self.item_ids[int(top[i])], float(probs[i])) for i in order]
+        # the order evaluation measured: the model's own re-ranking and new-item places, on one user
+        scores = self.model.rerank(interest[None], self.item_vectors, dot[None], self._new_items)
+        config = self.model.config
+        slots = round(config.new_item_slots * k / config.new_item_slot_depth)
+        scores = self.model.place_new_items(scores, self._new_items, slots, k)[0]
+        top = scores.topk(min(k, int(torch.isfinite(dot).sum()))).indices
+        probs = torch.sigmoid(self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0])
+        return [(self.item_ids[int(i)], float(p)) for i, p in zip(top, probs)]
 
     def observe(self, user_id, item_id, event: str | None = None, timestamp: int | float | None = None,
                 text: str | None = None) -> None:

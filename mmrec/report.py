@@ -6,10 +6,12 @@ Two protocols (README, "Evaluation protocol"):
   in training, "cold" = the rest (on ml-latest-small: items rated once, by that user, last).
 - ``cold``: the same split with a seeded 10% of the rated items removed from training entirely
   (:func:`mmrec.data.hold_out_items`); users whose test item was held out are the cold users, ranked over the whole
-  catalogue like everyone else. Our model's runs there are evaluated twice from the same trained model: with the
-  new-item lift chosen by validation NDCG@10, and with the lift chosen for an exposure target (``exposure_ratio``:
+  catalogue like everyone else. Our model's runs there are evaluated three times from the same trained model: with
+  the new-item lift chosen by validation NDCG@10; with the lift chosen for an exposure target (``exposure_ratio``:
   the smallest whose cold/warm Recall@20 ratio on validation reaches it; see
-  :func:`mmrec.training.calibrate_new_item_bias`). Each is a final configuration, so test is read once for each.
+  :func:`mmrec.training.calibrate_new_item_bias`); and with the fewest places at the end of every top 20 reserved
+  for new items that reach the same target (:func:`mmrec.training.calibrate_new_item_slots`). Each is a final
+  configuration, so test is read once for each.
 
 Models: the ID-only baselines of :mod:`mmrec.baselines` (``pop``, ``bpr``, ``gru4rec``, ``sasrec``) and our model
 with any mix of item signals (``id``, ``text``, ``image``, ``text+image``, ``text+image+id``). Each finished run
@@ -49,7 +51,8 @@ from .baselines import fit as fit_baseline
 from .encoders.precision import resolve_device
 from .evaluation import METRICS, EvalResult, TieRule, evaluate, paired_bootstrap
 from .store import Store
-from .training import TrainConfig, TrainingData, calibrate_new_item_bias, evaluate_model, fit, load_training_data
+from .training import (TrainConfig, TrainingData, calibrate_new_item_bias, calibrate_new_item_slots, evaluate_model,
+                       fit, load_training_data)
 
 __all__ = ["OUR_VARIANTS", "PROTOCOLS", "QualityConfig", "ReportSummary", "run_report", "read_reference"]
 
@@ -94,8 +97,8 @@ class QualityConfig:
             usual ``if __name__ == "__main__":`` guard.
         device: where every model trains and is evaluated (``"auto"``: CUDA when available).
         exposure_ratio: in the cold protocol, our model is also evaluated with the new-item lift recalibrated on
-            validation for this cold/warm Recall@20 ratio (0: not; skipped when ``train.new_item_recall_ratio``
-            already sets the lift that way).
+            validation for this cold/warm Recall@20 ratio, and with new-item places chosen for it (0: not; skipped
+            when ``train.new_item_recall_ratio`` already sets the exposure).
     """
 
     models: tuple[str, ...] = (*BASELINES, *OUR_VARIANTS)
@@ -194,6 +197,14 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
                            "new_item_text_only": fitted.model.config.new_item_text_only,
                            "valid_ndcg@10": valid["ndcg@10"],
                            "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(exposed)}
+        slots, valid = calibrate_new_item_slots(fitted.model, data, config.exposure_ratio, train.max_len,
+                                                train.eval_batch_size)
+        placed = evaluate_model(fitted.model, data, "test", train.max_len)
+        run["exposure_slots"] = {"ratio": config.exposure_ratio, "slots": slots,
+                                 "depth": fitted.model.config.new_item_slot_depth,
+                                 "new_item_text_only": fitted.model.config.new_item_text_only,
+                                 "valid_ndcg@10": valid["ndcg@10"],
+                                 "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(placed)}
     return run
 
 
@@ -283,7 +294,7 @@ def _fingerprint(config: QualityConfig) -> str:
     for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "jobs", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
-    for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only"):
+    for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only", "new_item_slots"):
         settings["train"]["model"].pop(chosen_after_training)  # on validation, per run (fit ignores a given value)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -363,7 +374,7 @@ def _label(model: str) -> str:
 
 def _evaluations(runs: list[dict], protocol: str, model: str) -> list[tuple[str, list[tuple[dict, dict]]]]:
     """A model's rows under a protocol: (label, [(run, evaluation)]), where the evaluation holds the test metrics
-    of the run's default lift or, in a second row, of its exposure lift."""
+    of the run's default lift or, in further rows, of its exposure lift and of its new-item places."""
     rows = [r for r in runs if r["protocol"] == protocol and r["model"] == model]
     if not rows:
         return []
@@ -371,6 +382,9 @@ def _evaluations(runs: list[dict], protocol: str, model: str) -> list[tuple[str,
     exposed = [(r, r["exposure"]) for r in rows if "exposure" in r]
     if exposed:
         evaluations.append((f"{_label(model)}, lift for cold/warm >= {exposed[0][1]['ratio']:g}", exposed))
+    placed = [(r, r["exposure_slots"]) for r in rows if "exposure_slots" in r]
+    if placed:
+        evaluations.append((f"{_label(model)}, new-item places for cold/warm >= {placed[0][1]['ratio']:g}", placed))
     return evaluations
 
 
@@ -476,6 +490,11 @@ def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float]
                 "target": exposed[0]["ratio"], "lifts": [e["lift"] for e in exposed], **_cold_warm_recall(exposed),
                 "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in exposed])),
                 "default_ndcg@10": float(np.mean([r["test"]["all"]["ndcg@10"] for r in cold_runs]))}
+        placed = [r["exposure_slots"] for r in cold_runs if "exposure_slots" in r]
+        if len(placed) == len(cold_runs):
+            checks["cold_protocol"]["exposure_slots"] = {
+                "target": placed[0]["ratio"], "slots": [e["slots"] for e in placed], "depth": placed[0]["depth"],
+                **_cold_warm_recall(placed), "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in placed]))}
     return checks
 
 
@@ -502,15 +521,22 @@ def _format_checks(checks: dict) -> str:
                          f"{per_seed}.")
     if "cold_protocol" in checks:
         c = checks["cold_protocol"]
-        lines.append(f"- Cold protocol, {_label(checks['ours'])}: cold Recall@20 {c['cold_recall@20']:.4f} vs warm "
-                     f"{c['warm_recall@20']:.4f} = {c['ratio']:.2f}x (target >= 0.5x); cold users per seed "
+
+        def recall(e: dict) -> str:
+            return f"cold Recall@20 {e['cold_recall@20']:.4f} vs warm {e['warm_recall@20']:.4f} = {e['ratio']:.2f}x"
+
+        lines.append(f"- Cold protocol, {_label(checks['ours'])}: {recall(c)} (target >= 0.5x); cold users per seed "
                      f"{c['n_cold_users']}.")
         if "exposure" in c:
             e = c["exposure"]
             lines.append(f"- The same trained models with the new-item lift chosen on validation for cold/warm >= "
-                         f"{e['target']:g} instead of for NDCG@10 (lifts {e['lifts']} std): cold Recall@20 "
-                         f"{e['cold_recall@20']:.4f} vs warm {e['warm_recall@20']:.4f} = {e['ratio']:.2f}x; "
+                         f"{e['target']:g} instead of for NDCG@10 (lifts {e['lifts']} std): {recall(e)}; "
                          f"all-user NDCG@10 {e['ndcg@10']:.4f} (NDCG@10-chosen lift: {e['default_ndcg@10']:.4f}).")
+        if "exposure_slots" in c:
+            e = c["exposure_slots"]
+            lines.append(f"- The same trained models with the last places of every top {e['depth']} reserved for new "
+                         f"items, as few as reach cold/warm >= {e['target']:g} on validation (places {e['slots']}): "
+                         f"{recall(e)}; all-user NDCG@10 {e['ndcg@10']:.4f}.")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ __all__ = ["TrainConfig", "TrainingData", "FitResult", "WeightAverage", "load_tr
            "item_features"]
 
 TEXT_COLUMNS = ("text", "tag", "review", "query")
+EXPOSURES = ("lift", "slots")
 
 
 @dataclass
@@ -65,6 +66,10 @@ class TrainConfig:
             validation Recall@20 on users whose target is a new item reaches this fraction of the other users'
             Recall@20 (the multiple with the highest fraction when none does). Recommending items nobody has
             interacted with yet costs the others some recall; ``0`` (default) leaves the choice to NDCG@10.
+        new_item_exposure: how ``new_item_recall_ratio`` is reached: ``"lift"`` (above) or ``"slots"``: no lift,
+            and the fewest of the last places of each top ``model.new_item_slot_depth`` reserved for new items that
+            reach the ratio (:func:`calibrate_new_item_slots`): the places above them, and so NDCG@10, stay as
+            they were.
         model: the network (see :class:`~mmrec.model.ModelConfig`).
     """
 
@@ -82,6 +87,7 @@ class TrainConfig:
     show_progress: bool | None = None
     new_item_bias_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     new_item_recall_ratio: float = 0.0
+    new_item_exposure: str = "lift"
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -92,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.new_item_recall_ratio < 0:
             raise ValueError(f"new_item_recall_ratio must be >= 0, got {self.new_item_recall_ratio}")
+        if self.new_item_exposure not in EXPOSURES:
+            raise ValueError(f"new_item_exposure must be one of {EXPOSURES}, got {self.new_item_exposure!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -407,6 +415,54 @@ def _calibrate_lift(model: MultimodalRecommender, data: TrainingData, grid: tupl
 
 
 @torch.no_grad()
+def calibrate_new_item_slots(
+    model: MultimodalRecommender, data: TrainingData, min_recall_ratio: float, max_len: int = 50,
+    batch_size: int = 256,
+) -> tuple[int, dict[str, float]]:
+    """Choose ``config.new_item_slots`` on validation: the fewest places (up to half of ``new_item_slot_depth``)
+    that give users whose target is a new item a :func:`new_item_recall_ratio` of ``min_recall_ratio`` (the most
+    places when none does). Lifts are set to 0: slots order new items by their own scores. Like
+    :func:`calibrate_new_item_bias`, a model reading text and images tries new items built from all their content
+    and from their text alone and keeps the one needing fewer places (then the higher NDCG@10, then all the
+    content). Returns the places and the validation metrics (``cold_`` included) they reached; no new item among
+    the validation targets means 0 places."""
+    config = model.config
+    features = data.features
+    both = bool((~features.known & features.present.all(1)).any())
+    options = [False, True] if config.use_text and config.use_image and both else [False]
+    before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias, config.new_item_slots
+    config.new_item_bias = config.new_item_logit_bias = 0.0
+    found = {}
+    try:
+        for text_only in options:
+            config.new_item_text_only, config.new_item_slots = text_only, 0
+            result = evaluate_model(model, data, "valid", max_len, batch_size)
+            if not result.is_cold.any() or bool(features.known.all()):
+                found[text_only] = (0, result)
+                continue
+            for slots in range(1, config.new_item_slot_depth // 2 + 1):
+                config.new_item_slots = slots
+                result = evaluate_model(model, data, "valid", max_len, batch_size)
+                if new_item_recall_ratio(result) >= min_recall_ratio:
+                    break
+            found[text_only] = (config.new_item_slots, result)
+    except BaseException:
+        config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias, config.new_item_slots = before
+        raise
+
+    def preference(option: bool) -> tuple:
+        slots, result = found[option]
+        ratio = new_item_recall_ratio(result)
+        return ratio >= min_recall_ratio, -slots if ratio >= min_recall_ratio else ratio, \
+            result.metrics["ndcg@10"], not option
+
+    chosen = max(options, key=preference)
+    config.new_item_text_only = chosen
+    config.new_item_slots, result = found[chosen]
+    return config.new_item_slots, {**result.metrics, **result.cold_metrics}
+
+
+@torch.no_grad()
 def new_item_lift_scales(model: MultimodalRecommender, data: TrainingData, max_len: int = 50) -> tuple[float, float]:
     """The units of the new-item lift: the standard deviation of the retrieval scores of (up to 1,024) validation
     users over every item, and of the re-ranker's logits on their retrieval candidates."""
@@ -517,6 +573,7 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     # model's config would skew the validation curve that early stopping reads
     model_config.new_item_bias = model_config.new_item_logit_bias = 0.0
     model_config.new_item_text_only = False
+    model_config.new_item_slots = 0
     model_config.fusion.n_items = len(data.item_ids) if model_config.use_id else 0
     model_config.interest.n_events = len(data.event_names)
     model_config.interest.text_dim = 384 if len(data.text_table) else 0
@@ -573,11 +630,17 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
                 break
     model.load_state_dict(best_state)
     model.eval()
+    slotted = config.new_item_exposure == "slots" and config.new_item_recall_ratio > 0
     lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
-                                               config.eval_batch_size, config.new_item_recall_ratio)
+                                               config.eval_batch_size, 0.0 if slotted else config.new_item_recall_ratio)
+    if slotted:
+        slots, calibrated = calibrate_new_item_slots(model, data, config.new_item_recall_ratio, config.max_len,
+                                                     config.eval_batch_size)
     if log:
         source = " (from their text alone)" if model.config.new_item_text_only else ""
-        log(f"new-item lift {lift:g} std{source}: valid ndcg@10={calibrated['ndcg@10']:.4f} "
+        chosen = (f"new items in the last {slots} of every top {model.config.new_item_slot_depth}" if slotted
+                  else f"new-item lift {lift:g} std")
+        log(f"{chosen}{source}: valid ndcg@10={calibrated['ndcg@10']:.4f} "
             f"cold recall@20={calibrated['cold_recall@20']:.4f}")
     best_valid = {k: v for k, v in calibrated.items() if not k.startswith("cold_")}
     return FitResult(model=model, best_epoch=best_epoch, best_valid=best_valid, history=history,

@@ -700,3 +700,43 @@ def test_refresh_reads_a_tags_file_as_tag_events_and_refuses_text_on_interaction
     assert rejected["reason"].startswith("text on an event that carries none in training")
     with pytest.raises(ValueError, match=r"rows\[0\]: 'interaction' events carry no text in training \(only \['tag'\]"):
         rec.observe(user, "318", timestamp=50, text="loved it")
+
+
+def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_order(trained, monkeypatch):
+    _, _, rec, _ = trained
+    new = torch.from_numpy(np.random.default_rng(0).random(len(rec.item_ids)) < 0.2)  # as if never trained
+    with torch.no_grad():
+        interest = rec._user_interest("1")
+        scores = rec.model.rerank(interest[None], rec.item_vectors, (rec.item_vectors @ interest)[None], new)
+        scores[0, :5] = float("-inf")  # excluded items
+        placed = rec.model.place_new_items(scores, new, slots=6, depth=20)[0]
+    order, before = placed.argsort(descending=True).tolist(), scores[0].argsort(descending=True).tolist()
+    trained_first = [i for i in before if not new[i]]
+    assert order[:14] == trained_first[:14] and order[14:20] == [i for i in before if new[i]][:6]
+    assert [i for i in order[20:] if i not in order[:20]] == [i for i in before if i not in order[:20]]
+    assert torch.isinf(placed[:5]).all()
+    unplaced = [item for item, _ in rec.recommend("1", k=10)]
+    monkeypatch.setattr(rec, "_new_items", new)
+    monkeypatch.setattr(rec.model.config, "new_item_slots", 6)
+    served = [item for item, _ in rec.recommend("1", k=10)]  # 6 of 20 places -> 3 of 10
+    is_new = [bool(new[rec.item_ids.index(item)]) for item in served]
+    assert is_new == [False] * 7 + [True] * 3
+    assert served[:7] == [item for item in unplaced if not new[rec.item_ids.index(item)]][:7]
+
+
+def test_new_item_places_are_the_fewest_that_reach_the_recall_ratio(trained):
+    from mmrec.training import calibrate_new_item_slots, evaluate_model, load_training_data, new_item_recall_ratio
+
+    folder, store_dir, rec, _ = trained
+    data = load_training_data(Store(store_dir), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
+    config = rec.model.config
+    saved = config.new_item_slots, config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias
+    try:
+        slots, metrics = calibrate_new_item_slots(rec.model, data, 0.5)
+        assert config.new_item_slots == slots and config.new_item_bias == 0.0
+        assert new_item_recall_ratio(evaluate_model(rec.model, data, "valid")) >= 0.5 and metrics["cold_recall@20"] > 0
+        if slots > 1:
+            config.new_item_slots = slots - 1
+            assert new_item_recall_ratio(evaluate_model(rec.model, data, "valid")) < 0.5
+    finally:
+        config.new_item_slots, config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias = saved

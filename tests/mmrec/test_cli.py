@@ -312,3 +312,19 @@ def test_a_missing_images_root_is_an_error_before_any_work(command, tmp_path, ca
     code, _, err = _run([*argv, "--images-root", tmp_path / "postres"], capsys)
     assert code == 1 and err == f"error: --images-root {tmp_path / 'postres'}: no such folder\n"
     assert not (tmp_path / "s").exists()
+
+
+def test_new_item_exposure_reaches_the_training_config(store, interactions, monkeypatch, capsys):
+    configs = []
+
+    def fake_train_store(store, interactions, context_events, config, **kwargs):
+        configs.append(config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(mmrec.jobs, "train_store", fake_train_store)
+    _run(["train", "--store", store, "--interactions", interactions, "--new-item-recall-ratio", "0.5",
+          "--new-item-exposure", "slots"], capsys)
+    assert configs[0].new_item_exposure == "slots" and configs[0].new_item_recall_ratio == 0.5
+    err = _usage_error(["train", "--store", store, "--interactions", interactions, "--new-item-exposure", "boost"],
+                       capsys)
+    assert "argument --new-item-exposure" in err and "'boost'" in err

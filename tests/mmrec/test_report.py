@@ -90,8 +90,17 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     assert "lift for cold/warm" not in report.split("| cold |")[0]  # not in the standard protocol
     exposure = checks["cold_protocol"]["exposure"]
     assert exposure["target"] == 0.5 and len(exposure["lifts"]) == 2 and all(lift >= 0 for lift in exposure["lifts"])
+    # ... and with places at the end of every top 20 reserved for new items
+    assert "| cold | ours: text+id, new-item places for cold/warm >= 0.5 | 2 |" in report
+    placed = checks["cold_protocol"]["exposure_slots"]
+    assert placed["depth"] == 20 and all(1 <= slots <= 10 for slots in placed["slots"])
+    assert "last places of every top 20 reserved for new items" in report
     for run in summary.runs:
         assert ("exposure" in run) == (run["model"] in ("id", "text+id") and run["protocol"] == "cold")
+        assert ("exposure_slots" in run) == ("exposure" in run)
+        if "exposure_slots" in run:  # places come after the trained items' best, so those keep their recall@10
+            assert run["exposure_slots"]["test"]["warm"]["recall@10"] >= run["test"]["warm"]["recall@10"] or \
+                run["new_item_bias"] > 0
         if "exposure" in run:
             assert run["exposure"]["test"]["n"] == run["test"]["n"]
             if run["exposure"]["lift"] == 0:  # no lift needed: the same ranking as the NDCG@10-chosen lift 0
@@ -219,7 +228,8 @@ def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_st
     timings = {"seconds_per_epoch", "train_seconds", "wall_seconds"}
     assert [{k: v for k, v in run.items() if k not in timings} for run in parallel.runs] == [
         {k: v for k, v in run.items() if k not in timings} for run in serial.runs]
-    assert (tmp_path / "parallel" / "report.md").read_text().count("| ours: text+id") == 3
+    # standard; cold with the NDCG@10 lift, the exposure lift and new-item places
+    assert (tmp_path / "parallel" / "report.md").read_text().count("| ours: text+id") == 4
     with pytest.raises(ValueError, match="jobs"):
         QualityConfig(jobs=0)
 

@@ -10,6 +10,7 @@ import torch
 
 from mmrec import Store
 from mmrec.embed import EmbedConfig, embed_catalog
+from mmrec.model import MultimodalRecommender
 from mmrec.training import TrainConfig, evaluate_model, fit, load_training_data
 
 from ..conftest import embed_text_only, write_movielens_slice
@@ -205,3 +206,15 @@ def test_a_cpu_training_repeats_bit_for_bit_on_several_threads(folder):
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_training_for_an_exposure_by_places_keeps_lifts_off_and_saves_the_places(folder, tmp_path):
+    data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
+    fitted = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_recall_ratio=0.5,
+                                   new_item_exposure="slots"), log=None)
+    config = fitted.model.config
+    assert 1 <= config.new_item_slots <= 10 and config.new_item_bias == config.new_item_logit_bias == 0.0
+    fitted.model.save(tmp_path / "model", {})
+    assert MultimodalRecommender.load(tmp_path / "model")[0].config.new_item_slots == config.new_item_slots
+    with pytest.raises(ValueError, match="new_item_exposure"):
+        TrainConfig(new_item_exposure="boost")
