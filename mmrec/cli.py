@@ -200,8 +200,8 @@ def _check_data_arguments(args: argparse.Namespace) -> None:
 _NEW_ITEM_RECALL_RATIO_HELP = ("lift new (untrained) items until their users' validation Recall@20 reaches this "
                                "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
 _NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: lift (default) or slots (no lift; the fewest of "
-                           "the last places of every top 20 that reach it go to new items, the places above keep "
-                           "their order)")
+                           "the last places of every top 20 that reach it go to new items, trained items keep "
+                           "their order above them)")
 
 
 _SIGNALS = ("text", "image", "id")
@@ -394,8 +394,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
     parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
-                        help="cold protocol: also evaluate our model with the new-item lift chosen on validation for "
-                             f"this cold/warm Recall@20 ratio (0: off; default {defaults.exposure_ratio:g})")
+                        help="cold protocol: also evaluate our model with the new-item lift, and with new-item places, "
+                             "chosen on validation for this cold/warm Recall@20 ratio "
+                             f"(0: off; default {defaults.exposure_ratio:g})")
     parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
     parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
     parser.add_argument("--reference", type=Path, default=None,

@@ -68,6 +68,8 @@ class ModelConfig:
     new_item_slot_depth: int = 20
 
     def __post_init__(self) -> None:
+        if self.new_item_slot_depth < 1:
+            raise ValueError(f"new_item_slot_depth must be >= 1, got {self.new_item_slot_depth}")
         if not 0 <= self.new_item_slots <= self.new_item_slot_depth:
             raise ValueError(f"new_item_slots must be in [0, new_item_slot_depth={self.new_item_slot_depth}], "
                              f"got {self.new_item_slots}")
@@ -211,12 +213,15 @@ class MultimodalRecommender(nn.Module):
                         depth: int | None = None) -> torch.Tensor:
         """``(B, N)`` scores reordered so that in every row places ``1 .. depth - slots`` hold the best trained items
         and the next ``slots`` places the best new items (``new_items (N,)`` bool), by ``scores``; every other item
-        follows in its own order, and ``-inf`` (excluded) stays ``-inf``. ``slots``, ``depth``: by default the
-        config's ``new_item_slots``, ``new_item_slot_depth``; 0 slots or no new items returns ``scores`` unchanged.
+        follows in its own order, and ``-inf`` (excluded) stays ``-inf``. A row with too few rankable new (trained)
+        items fills the rest of the ``depth`` places with trained (new) ones in their order. ``slots``, ``depth``:
+        by default the config's ``new_item_slots``, ``new_item_slot_depth``; 0 slots or no new items returns
+        ``scores`` unchanged. Ties are broken by ``topk``'s order: a model that scores every new item the same (ID
+        only) fills its places with arbitrary ones.
 
-        Why places at the end of the list: the first ``depth - slots`` stay exactly as they were (NDCG@10 does not
-        move for up to 10 places of 20), and a list always holds that many new items, where an additive lift lets
-        new items in wherever their lifted score lands."""
+        Why places at the end of the list: trained items keep their order and new items leave the first
+        ``depth - slots`` places, so wherever new items rarely reach the top anyway NDCG@10 barely moves, and every
+        list holds new items, where an additive lift lets them in wherever their lifted score lands."""
         slots = self.config.new_item_slots if slots is None else slots
         depth = self.config.new_item_slot_depth if depth is None else depth
         if not slots or new_items is None or not bool(new_items.any()):
@@ -227,11 +232,12 @@ class MultimodalRecommender(nn.Module):
         finite = scores[torch.isfinite(scores)]
         top = (finite.max() if len(finite) else scores.new_zeros(())) + 1.0
         placed = scores.clone()
-        # places 1.. get top + depth, top + depth - 1, ...: above every other item, in order; -inf picks stay -inf
+        # places 1.. get top + depth, top + depth - 1, ...: above every other item, in order. A -inf pick is an
+        # excluded item or one of the other kind topk took to fill up: it keeps the value it has.
         for best, first in ((trained_best, depth), (new_best, slots)):
             ranks = torch.arange(best.indices.shape[1], device=scores.device, dtype=scores.dtype)
-            value = torch.where(torch.isfinite(best.values), top + first - ranks, best.values)
-            placed.scatter_(1, best.indices, value)
+            kept = placed.gather(1, best.indices)
+            placed.scatter_(1, best.indices, torch.where(torch.isfinite(best.values), top + first - ranks, kept))
         return placed
 
     # -- training ----------------------------------------------------------------------------------------------

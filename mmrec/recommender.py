@@ -252,7 +252,8 @@ class Recommender:
         leaves out the items of the user's interaction events (the kinds training predicted); an item the user only
         tagged stays rankable, as in evaluation. A model with ``new_item_slots`` (``ModelConfig``) gives the last
         places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
-        to ``k`` (rounded; 6 of 20 → 3 of 10)."""
+        to ``k`` (halves rounded up: 6 of 20 are 3 of 10, 5 of 20 are 3 of 10); evaluation measured the lists of
+        ``new_item_slot_depth``."""
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
@@ -263,12 +264,12 @@ class Recommender:
             seen = self.store.seen_items(user_id, self.interaction_events)
             if seen:
                 dot[self._item_positions(seen & self._position.keys())] = float("-inf")
-        # the order evaluation measured: the model's own re-ranking and new-item places, on one user
+        # the model's own re-ranking and new-item places: the order evaluation measures when k is the places' depth
         scores = self.model.rerank(interest[None], self.item_vectors, dot[None], self._new_items)
         config = self.model.config
-        slots = round(config.new_item_slots * k / config.new_item_slot_depth)
+        slots = math.floor(config.new_item_slots * k / config.new_item_slot_depth + 0.5)  # halves round up
         scores = self.model.place_new_items(scores, self._new_items, slots, k)[0]
-        top = scores.topk(min(k, int(torch.isfinite(dot).sum()))).indices
+        top = scores.topk(min(k, int(torch.isfinite(scores).sum()))).indices
         probs = torch.sigmoid(self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0])
         return [(self.item_ids[int(i)], float(p)) for i, p in zip(top, probs)]
 

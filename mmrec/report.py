@@ -187,6 +187,7 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "new_item_bias": fitted.model.config.new_item_bias,
         "new_item_logit_bias": fitted.model.config.new_item_logit_bias,
         "new_item_text_only": fitted.model.config.new_item_text_only,
+        "new_item_slots": fitted.model.config.new_item_slots,
         "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
     if config.exposure_ratio > 0 and data.held_out is not None and train.new_item_recall_ratio == 0:
@@ -271,7 +272,8 @@ def _train_in_workers(pending: list[tuple[str, int, str]], source: _Source, conf
                         f"a worker process was killed (out of memory? try fewer --jobs) while these runs were "
                         f"unfinished: {runs}. Finished runs are kept; rerun the command to resume") from error
                 except Exception as error:
-                    raise RuntimeError(f"{protocol} protocol, seed {seed}: {model} failed: {error}") from error
+                    raise RuntimeError(f"{protocol} protocol, seed {seed}: {model} failed: "
+                                       f"{type(error).__name__}: {error}") from error
                 record(protocol, seed, model, *result)
                 unfinished.discard(task)
                 log.info("%s protocol, seed %d: %s done", protocol, seed, model)
@@ -296,6 +298,11 @@ def _fingerprint(config: QualityConfig) -> str:
     settings["train"].pop("show_progress")
     for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only", "new_item_slots"):
         settings["train"]["model"].pop(chosen_after_training)  # on validation, per run (fit ignores a given value)
+    # settings added later leave the fingerprint of runs made before them as it was while they keep their defaults
+    for later, default in ((settings["train"], ("new_item_exposure", "lift")),
+                           (settings["train"]["model"], ("new_item_slot_depth", 20))):
+        if later.get(default[0]) == default[1]:
+            later.pop(default[0])
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -68,8 +68,8 @@ class TrainConfig:
             interacted with yet costs the others some recall; ``0`` (default) leaves the choice to NDCG@10.
         new_item_exposure: how ``new_item_recall_ratio`` is reached: ``"lift"`` (above) or ``"slots"``: no lift,
             and the fewest of the last places of each top ``model.new_item_slot_depth`` reserved for new items that
-            reach the ratio (:func:`calibrate_new_item_slots`): the places above them, and so NDCG@10, stay as
-            they were.
+            reach the ratio (:func:`calibrate_new_item_slots`); trained items keep their order above them. Needs
+            ``new_item_recall_ratio`` > 0.
         model: the network (see :class:`~mmrec.model.ModelConfig`).
     """
 
@@ -100,6 +100,9 @@ class TrainConfig:
             raise ValueError(f"new_item_recall_ratio must be >= 0, got {self.new_item_recall_ratio}")
         if self.new_item_exposure not in EXPOSURES:
             raise ValueError(f"new_item_exposure must be one of {EXPOSURES}, got {self.new_item_exposure!r}")
+        if self.new_item_exposure == "slots" and self.new_item_recall_ratio == 0:
+            raise ValueError("new_item_exposure='slots' (--new-item-exposure slots) reserves places for a "
+                             "new_item_recall_ratio (--new-item-recall-ratio): give one > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -630,16 +633,16 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
                 break
     model.load_state_dict(best_state)
     model.eval()
-    slotted = config.new_item_exposure == "slots" and config.new_item_recall_ratio > 0
-    lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
-                                               config.eval_batch_size, 0.0 if slotted else config.new_item_recall_ratio)
-    if slotted:
+    if config.new_item_exposure == "slots":
         slots, calibrated = calibrate_new_item_slots(model, data, config.new_item_recall_ratio, config.max_len,
                                                      config.eval_batch_size)
+        chosen = f"new items in the last {slots} of every top {model.config.new_item_slot_depth}"
+    else:
+        lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
+                                                   config.eval_batch_size, config.new_item_recall_ratio)
+        chosen = f"new-item lift {lift:g} std"
     if log:
         source = " (from their text alone)" if model.config.new_item_text_only else ""
-        chosen = (f"new items in the last {slots} of every top {model.config.new_item_slot_depth}" if slotted
-                  else f"new-item lift {lift:g} std")
         log(f"{chosen}{source}: valid ndcg@10={calibrated['ndcg@10']:.4f} "
             f"cold recall@20={calibrated['cold_recall@20']:.4f}")
     best_valid = {k: v for k, v in calibrated.items() if not k.startswith("cold_")}

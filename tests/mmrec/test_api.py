@@ -722,6 +722,15 @@ def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_
     is_new = [bool(new[rec.item_ids.index(item)]) for item in served]
     assert is_new == [False] * 7 + [True] * 3
     assert served[:7] == [item for item in unplaced if not new[rec.item_ids.index(item)]][:7]
+    # fewer new items than places: trained ones fill the rest, none is lost
+    two = torch.zeros_like(new)
+    two[[before[0], before[100]]] = True  # the best item, and one far down
+    with torch.no_grad():
+        placed = rec.model.place_new_items(scores, two, slots=6, depth=20)[0]
+    order = placed.argsort(descending=True).tolist()
+    trained_first = [i for i in before if not two[i]]
+    assert order[:14] == trained_first[:14] and order[14:16] == [before[0], before[100]]
+    assert order[16:20] == trained_first[14:18] and torch.isinf(placed).sum() == 5
 
 
 def test_new_item_places_are_the_fewest_that_reach_the_recall_ratio(trained):

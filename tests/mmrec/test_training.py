@@ -10,7 +10,7 @@ import torch
 
 from mmrec import Store
 from mmrec.embed import EmbedConfig, embed_catalog
-from mmrec.model import MultimodalRecommender
+from mmrec.model import ModelConfig, MultimodalRecommender
 from mmrec.training import TrainConfig, evaluate_model, fit, load_training_data
 
 from ..conftest import embed_text_only, write_movielens_slice
@@ -218,3 +218,7 @@ def test_training_for_an_exposure_by_places_keeps_lifts_off_and_saves_the_places
     assert MultimodalRecommender.load(tmp_path / "model")[0].config.new_item_slots == config.new_item_slots
     with pytest.raises(ValueError, match="new_item_exposure"):
         TrainConfig(new_item_exposure="boost")
+    with pytest.raises(ValueError, match="--new-item-recall-ratio"):
+        TrainConfig(new_item_exposure="slots")
+    with pytest.raises(ValueError, match="new_item_slot_depth must be >= 1"):
+        ModelConfig(new_item_slot_depth=0)
