@@ -299,10 +299,10 @@ def _fingerprint(config: QualityConfig) -> str:
     for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only", "new_item_slots"):
         settings["train"]["model"].pop(chosen_after_training)  # on validation, per run (fit ignores a given value)
     # settings added later leave the fingerprint of runs made before them as it was while they keep their defaults
-    for later, default in ((settings["train"], ("new_item_exposure", "lift")),
-                           (settings["train"]["model"], ("new_item_slot_depth", 20))):
-        if later.get(default[0]) == default[1]:
-            later.pop(default[0])
+    for section, key, default in ((settings["train"], "new_item_exposure", "lift"),
+                                  (settings["train"]["model"], "new_item_slot_depth", 20)):
+        if section[key] == default:
+            section.pop(key)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -362,10 +362,7 @@ def calibrate_new_item_bias(
     does); ties keep all the content.
     Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
     config = model.config
-    features = data.features
-    # text alone differs from all the content only for new items having both
-    both = bool((~features.known & features.present.all(1)).any())
-    options = [False, True] if config.use_text and config.use_image and both else [False]
+    options = _new_item_content_options(config, data.features)
     before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias
     found = {}
     try:
@@ -385,6 +382,13 @@ def calibrate_new_item_bias(
     config.new_item_text_only = chosen
     config.new_item_bias, config.new_item_logit_bias = lift.bias, lift.logit_bias
     return lift.multiple, lift.metrics
+
+
+def _new_item_content_options(config: ModelConfig, features: ItemFeatures) -> list[bool]:
+    """The ``new_item_text_only`` values worth trying: text alone differs from all the content only for a model
+    reading both and for new items having both."""
+    both = bool((~features.known & features.present.all(1)).any())
+    return [False, True] if config.use_text and config.use_image and both else [False]
 
 
 def _calibrate_lift(model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int,
@@ -430,20 +434,15 @@ def calibrate_new_item_slots(
     content). Returns the places and the validation metrics (``cold_`` included) they reached; no new item among
     the validation targets means 0 places."""
     config = model.config
-    features = data.features
-    both = bool((~features.known & features.present.all(1)).any())
-    options = [False, True] if config.use_text and config.use_image and both else [False]
+    options = _new_item_content_options(config, data.features)
+    tried = range(1, config.new_item_slot_depth // 2 + 1) if len(data.split.cold_users("valid")) else (0,)
     before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias, config.new_item_slots
     config.new_item_bias = config.new_item_logit_bias = 0.0
     found = {}
     try:
         for text_only in options:
-            config.new_item_text_only, config.new_item_slots = text_only, 0
-            result = evaluate_model(model, data, "valid", max_len, batch_size)
-            if not result.is_cold.any() or bool(features.known.all()):
-                found[text_only] = (0, result)
-                continue
-            for slots in range(1, config.new_item_slot_depth // 2 + 1):
+            config.new_item_text_only = text_only
+            for slots in tried:
                 config.new_item_slots = slots
                 result = evaluate_model(model, data, "valid", max_len, batch_size)
                 if new_item_recall_ratio(result) >= min_recall_ratio:
