@@ -149,6 +149,39 @@ def test_new_items_are_built_from_the_content_that_validates_better(target, lift
     assert tried == [False] and config.new_item_text_only is False
 
 
+@pytest.mark.parametrize("slope, chosen, tried", [
+    # the grid and its continuation fall short up to 1.5 and reach 0.5 at 1.75; halving that step three times
+    # finds 1.6875 (0.506) above 1.65625 (0.497)
+    (0.3, 1.6875, [0.5, 1.0, 1.25, 1.5, 1.75, 1.625, 1.6875, 1.65625]),
+    # the grid's first multiple reaches it: the step from no lift is halved
+    (2.0, 0.25, [0.5, 0.25, 0.125, 0.1875]),
+])
+def test_an_exposure_target_is_reached_with_the_smallest_lift_to_an_eighth_of_a_step(slope, chosen, tried,
+                                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    from mmrec import training
+
+    config = ModelConfig()
+    evaluated = []
+
+    def evaluate_at_current_lift(model, data, stage, *args):
+        multiple = config.new_item_bias / 10.0
+        evaluated.append(multiple)
+        # users whose target is a new item gain recall linearly with the lift; the others lose a little
+        return SimpleNamespace(ratio=slope * multiple, metrics={"ndcg@10": 0.06 - 0.01 * multiple},
+                               cold_metrics={}, is_cold=torch.tensor([True, False]))
+
+    monkeypatch.setattr(training, "evaluate_model", evaluate_at_current_lift)
+    monkeypatch.setattr(training, "new_item_recall_ratio", lambda result: result.ratio)
+    monkeypatch.setattr(training, "new_item_lift_scales", lambda *args: (10.0, 100.0))
+    data = SimpleNamespace(features=SimpleNamespace(known=torch.tensor([True, False])))
+    lift = training._calibrate_lift(SimpleNamespace(config=config), data, (0.0, 0.5, 1.0), 50, 256, 0.5)
+    assert evaluated == [0.0] + tried
+    assert (lift.multiple, lift.bias, lift.logit_bias) == (chosen, 10 * chosen, 100 * chosen)
+    assert lift.ratio >= 0.5 and all(slope * multiple < 0.5 for multiple in evaluated if multiple < chosen)
+
+
 def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
     from types import SimpleNamespace
 
