@@ -203,6 +203,9 @@ _NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: lift (defaul
                            "the last places of every top 20 that reach it go to new items, trained items keep "
                            "their order above them)")
 
+_NEW_ITEM_NEIGHBOURS_HELP = ("after training, also try building each new (untrained) item from the vectors of this "
+                             "many trained items with the nearest texts, and keep it if it validates better "
+                             "(0: never)")
 
 _SIGNALS = ("text", "image", "id")
 
@@ -226,6 +229,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
     parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.new_item_exposure,
                         help=_NEW_ITEM_EXPOSURE_HELP)
+    parser.add_argument("--new-item-neighbours", type=int, default=defaults.new_item_neighbours,
+                        help=f"{_NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.new_item_neighbours})")
     _add_unknown_items_argument(parser)
 
 
@@ -237,6 +242,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len,
                          learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, device=args.device,
                          new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
+                         new_item_neighbours=args.new_item_neighbours,
                          show_progress=None if sys.stderr.isatty() else False)
     config.model.use_text = "text" in args.modalities
     config.model.use_image = "image" in args.modalities
@@ -393,6 +399,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=defaults.train.patience)
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--new-item-neighbours", type=int, default=defaults.train.new_item_neighbours,
+                        help=f"{_NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.train.new_item_neighbours})")
     parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
                         help="cold protocol: also evaluate our model with the new-item lift, and with new-item places, "
                              "chosen on validation for this cold/warm Recall@20 ratio "
@@ -439,7 +447,8 @@ def run_report(args: argparse.Namespace) -> int:
     config = QualityConfig(
         models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
         train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False,
-                          new_item_recall_ratio=args.new_item_recall_ratio),
+                          new_item_recall_ratio=args.new_item_recall_ratio,
+                          new_item_neighbours=args.new_item_neighbours),
         baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
         jobs=args.jobs, device=args.device, exposure_ratio=args.exposure_ratio,
     )

@@ -187,23 +187,26 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "new_item_bias": fitted.model.config.new_item_bias,
         "new_item_logit_bias": fitted.model.config.new_item_logit_bias,
         "new_item_text_only": fitted.model.config.new_item_text_only,
+        "new_item_neighbours": fitted.model.config.new_item_neighbours,
         "new_item_slots": fitted.model.config.new_item_slots,
         "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
     if config.exposure_ratio > 0 and data.held_out is not None and train.new_item_recall_ratio == 0:
         lift, valid = calibrate_new_item_bias(fitted.model, data, train.new_item_bias_grid, train.max_len,
-                                              train.eval_batch_size, config.exposure_ratio)
+                                              train.eval_batch_size, config.exposure_ratio, train.new_item_neighbours)
         exposed = evaluate_model(fitted.model, data, "test", train.max_len)
         run["exposure"] = {"ratio": config.exposure_ratio, "lift": lift,
                            "new_item_text_only": fitted.model.config.new_item_text_only,
+                           "new_item_neighbours": fitted.model.config.new_item_neighbours,
                            "valid_ndcg@10": valid["ndcg@10"],
                            "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(exposed)}
         slots, valid = calibrate_new_item_slots(fitted.model, data, config.exposure_ratio, train.max_len,
-                                                train.eval_batch_size)
+                                                train.eval_batch_size, train.new_item_neighbours)
         placed = evaluate_model(fitted.model, data, "test", train.max_len)
         run["exposure_slots"] = {"ratio": config.exposure_ratio, "slots": slots,
                                  "depth": fitted.model.config.new_item_slot_depth,
                                  "new_item_text_only": fitted.model.config.new_item_text_only,
+                                 "new_item_neighbours": fitted.model.config.new_item_neighbours,
                                  "valid_ndcg@10": valid["ndcg@10"],
                                  "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(placed)}
     return run
@@ -296,11 +299,14 @@ def _fingerprint(config: QualityConfig) -> str:
     for key in ("models", "seeds", "protocols", "ours", "bootstrap_resamples", "threads", "jobs", "device"):
         settings.pop(key)
     settings["train"].pop("show_progress")
-    for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only", "new_item_slots"):
+    for chosen_after_training in ("new_item_bias", "new_item_logit_bias", "new_item_text_only", "new_item_neighbours",
+                                  "new_item_slots"):
         settings["train"]["model"].pop(chosen_after_training)  # on validation, per run (fit ignores a given value)
     # settings added later leave the fingerprint of runs made before them as it was while they keep their defaults
     for section, key, default in ((settings["train"], "new_item_exposure", "lift"),
-                                  (settings["train"]["model"], "new_item_slot_depth", 20)):
+                                  (settings["train"], "new_item_neighbours", 20),
+                                  (settings["train"]["model"], "new_item_slot_depth", 20),
+                                  (settings["train"]["model"], "new_item_neighbour_temperature", 0.05)):
         if section[key] == default:
             section.pop(key)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -309,15 +315,21 @@ def _fingerprint(config: QualityConfig) -> str:
 _TIE_PRONE = ("pop",)
 
 
-def _reads_text_and_image(model: str | None) -> bool:
-    return bool(model) and is_ours(model) and {"text", "image"} <= set(model.split("+"))
+def _predates_new_item_choices(run: dict) -> bool:
+    """Whether a run of our model was trained before training chose on validation how new items are built (from
+    their text alone: models reading text and images; from their nearest trained items: models reading text)."""
+    model = run.get("model")
+    if not (model and is_ours(model) and "text" in model.split("+")):
+        return False
+    return "new_item_neighbours" not in run or ("image" in model.split("+") and "new_item_text_only" not in run)
 
 
 def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None,
                stale: set | None = None, outdated: set | None = None) -> dict[tuple[str, str, int], dict]:
     """The runs of ``path`` made with ``fingerprint``'s settings, by (protocol, model, seed); the keys of runs made
     with other settings are added to ``other_settings``, those of popularity runs from before the tie rule to
-    ``stale``, those of text + image variants from before training chose new items' content to ``outdated``."""
+    ``stale``, those of our text-reading variants from before training chose how new items are built to
+    ``outdated``."""
     runs: dict[tuple[str, str, int], dict] = {}
     if path.is_file():
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -333,9 +345,8 @@ def _load_runs(path: Path, fingerprint: str, other_settings: set | None = None,
             # (in seconds); models scoring with continuous vectors have no ties for the rule to act on
             stale_ties = run.get("model") in _TIE_PRONE and run.get("tie_rule") != TieRule.EXPECTED.value
             key = (run.get("protocol"), run.get("model"), run.get("seed"))
-            if (run.get("fingerprint") == fingerprint and _reads_text_and_image(run.get("model"))
-                    and "new_item_text_only" not in run):
-                # new items were built from all their content then; now validation may choose their text alone
+            if run.get("fingerprint") == fingerprint and _predates_new_item_choices(run):
+                # new items were built from all their content then; now validation may choose other ways
                 if outdated is not None:
                     outdated.add(key)
                 continue

@@ -67,6 +67,9 @@ class TrainConfig:
             Recall@20, to an eighth of a grid step (the multiple with the highest fraction when none does).
             Recommending items nobody has interacted with yet costs the others some recall; ``0`` (default) leaves
             the choice to NDCG@10.
+        new_item_neighbours: after training, new items built from the vectors of this many trained items with the
+            nearest texts are tried beside new items built from their own content, and kept when they validate
+            better (see :func:`calibrate_new_item_bias`); 0: never tried.
         new_item_exposure: how ``new_item_recall_ratio`` is reached: ``"lift"`` (above) or ``"slots"``: no lift,
             and the fewest of the last places of each top ``model.new_item_slot_depth`` reserved for new items that
             reach the ratio (:func:`calibrate_new_item_slots`); trained items keep their order above them. Needs
@@ -88,6 +91,7 @@ class TrainConfig:
     show_progress: bool | None = None
     new_item_bias_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     new_item_recall_ratio: float = 0.0
+    new_item_neighbours: int = 20
     new_item_exposure: str = "lift"
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -97,6 +101,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.new_item_neighbours < 0:
+            raise ValueError(f"new_item_neighbours must be >= 0, got {self.new_item_neighbours}")
         if self.new_item_recall_ratio < 0:
             raise ValueError(f"new_item_recall_ratio must be >= 0, got {self.new_item_recall_ratio}")
         if self.new_item_exposure not in EXPOSURES:
@@ -348,7 +354,7 @@ class _Lift(NamedTuple):
 @torch.no_grad()
 def calibrate_new_item_bias(
     model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int = 50,
-    batch_size: int = 256, min_recall_ratio: float = 0.0,
+    batch_size: int = 256, min_recall_ratio: float = 0.0, neighbours: int = 0,
 ) -> tuple[float, dict[str, float]]:
     """Choose how far items not seen in training are lifted, and from which content they are built, on validation.
 
@@ -362,39 +368,72 @@ def calibrate_new_item_bias(
     multiple up to 8 times it (the highest ratio when none does), then halving the step that first reached it three
     times: the smallest multiple tried that reaches it, at most an eighth of that step above the one needed.
 
-    A model reading text and images tries this twice, with new items built from all their content and from their
-    text alone (``config.new_item_text_only``), and keeps the better: the higher NDCG@10 or, with
-    ``min_recall_ratio > 0``, the higher NDCG@10 among those reaching the ratio (the higher ratio when neither
-    does); ties keep all the content.
+    This is tried for each way of building new items (:func:`_new_item_content_options`: all their content; for a
+    model reading text and images, their text alone, ``config.new_item_text_only``; with ``neighbours`` > 0, the
+    vectors of that many trained items with the nearest texts, ``config.new_item_neighbours``), keeping the best:
+    the higher NDCG@10 or, with ``min_recall_ratio > 0``, the higher NDCG@10 among those reaching the ratio (the
+    higher ratio when none does); ties keep the earlier in that list.
     Returns the chosen multiple and the validation metrics (``cold_`` ones included) it reached."""
     config = model.config
-    options = _new_item_content_options(config, data.features)
-    before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias
+    options = _new_item_content_options(config, data.features, neighbours)
+    before = _new_item_settings(config)
     found = {}
     try:
-        for text_only in options:
-            config.new_item_text_only = text_only
-            found[text_only] = _calibrate_lift(model, data, grid, max_len, batch_size, min_recall_ratio)
+        for option in options:
+            option.apply(config)
+            found[option] = _calibrate_lift(model, data, grid, max_len, batch_size, min_recall_ratio)
     except BaseException:
-        config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias = before
+        _restore_new_item_settings(config, before)
         raise
     if min_recall_ratio > 0:
         reached = [o for o in options if found[o].ratio >= min_recall_ratio]
         chosen = max(reached or options, key=lambda o: (found[o].metrics["ndcg@10"] if reached else found[o].ratio,
-                                                         not o))
+                                                         -options.index(o)))
     else:
-        chosen = max(options, key=lambda o: (found[o].metrics["ndcg@10"], not o))
+        chosen = max(options, key=lambda o: (found[o].metrics["ndcg@10"], -options.index(o)))
     lift = found[chosen]
-    config.new_item_text_only = chosen
+    chosen.apply(config)
     config.new_item_bias, config.new_item_logit_bias = lift.bias, lift.logit_bias
     return lift.multiple, lift.metrics
 
 
-def _new_item_content_options(config: ModelConfig, features: ItemFeatures) -> list[bool]:
-    """The ``new_item_text_only`` values worth trying: text alone differs from all the content only for a model
-    reading both and for new items having both."""
-    both = bool((~features.known & features.present.all(1)).any())
-    return [False, True] if config.use_text and config.use_image and both else [False]
+_NEW_ITEM_SETTINGS = ("new_item_text_only", "new_item_neighbours", "new_item_bias", "new_item_logit_bias",
+                      "new_item_slots")
+
+
+def _new_item_settings(config: ModelConfig) -> tuple:
+    return tuple(getattr(config, name) for name in _NEW_ITEM_SETTINGS)
+
+
+def _restore_new_item_settings(config: ModelConfig, values: tuple) -> None:
+    for name, value in zip(_NEW_ITEM_SETTINGS, values):
+        setattr(config, name, value)
+
+
+class NewItemContent(NamedTuple):
+    """What a never-trained item's vector is built from (see :class:`~mmrec.model.ModelConfig`)."""
+
+    text_only: bool = False
+    neighbours: int = 0
+
+    def apply(self, config: ModelConfig) -> None:
+        config.new_item_text_only, config.new_item_neighbours = self.text_only, self.neighbours
+
+
+def _new_item_content_options(config: ModelConfig, features: ItemFeatures, neighbours: int = 0
+                              ) -> list[NewItemContent]:
+    """The ways of building new items worth trying, in order of preference on a tie: all their content; their
+    text alone (differs only for a model reading both and new items having both); the vectors of their
+    ``neighbours`` nearest trained items by text (for a model reading text, new items with a text and trained
+    items to take from)."""
+    options = [NewItemContent()]
+    new = ~features.known
+    if config.use_text and config.use_image and bool((new & features.present.all(1)).any()):
+        options.append(NewItemContent(text_only=True))
+    with_text = features.present[:, 0]
+    if neighbours and config.use_text and bool((new & with_text).any()) and bool((features.known & with_text).any()):
+        options.append(NewItemContent(neighbours=neighbours))
+    return options
 
 
 def _calibrate_lift(model: MultimodalRecommender, data: TrainingData, grid: tuple[float, ...], max_len: int,
@@ -444,42 +483,42 @@ def _calibrate_lift(model: MultimodalRecommender, data: TrainingData, grid: tupl
 @torch.no_grad()
 def calibrate_new_item_slots(
     model: MultimodalRecommender, data: TrainingData, min_recall_ratio: float, max_len: int = 50,
-    batch_size: int = 256,
+    batch_size: int = 256, neighbours: int = 0,
 ) -> tuple[int, dict[str, float]]:
     """Choose ``config.new_item_slots`` on validation: the fewest places (up to half of ``new_item_slot_depth``)
     that give users whose target is a new item a :func:`new_item_recall_ratio` of ``min_recall_ratio`` (the most
     places when none does). Lifts are set to 0: slots order new items by their own scores. Like
-    :func:`calibrate_new_item_bias`, a model reading text and images tries new items built from all their content
-    and from their text alone and keeps the one needing fewer places (then the higher NDCG@10, then all the
-    content). Returns the places and the validation metrics (``cold_`` included) they reached; no new item among
-    the validation targets means 0 places."""
+    :func:`calibrate_new_item_bias`, each way of building new items is tried (``neighbours``: how many trained
+    items a new one may take its vector from) and the one needing fewer places is kept (then the higher NDCG@10,
+    then the earlier way). Returns the places and the validation metrics (``cold_`` included) they reached; no new
+    item among the validation targets means 0 places."""
     config = model.config
-    options = _new_item_content_options(config, data.features)
+    options = _new_item_content_options(config, data.features, neighbours)
     tried = range(1, config.new_item_slot_depth // 2 + 1) if len(data.split.cold_users("valid")) else (0,)
-    before = config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias, config.new_item_slots
+    before = _new_item_settings(config)
     config.new_item_bias = config.new_item_logit_bias = 0.0
     found = {}
     try:
-        for text_only in options:
-            config.new_item_text_only = text_only
+        for option in options:
+            option.apply(config)
             for slots in tried:
                 config.new_item_slots = slots
                 result = evaluate_model(model, data, "valid", max_len, batch_size)
                 if new_item_recall_ratio(result) >= min_recall_ratio:
                     break
-            found[text_only] = (config.new_item_slots, result)
+            found[option] = (config.new_item_slots, result)
     except BaseException:
-        config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias, config.new_item_slots = before
+        _restore_new_item_settings(config, before)
         raise
 
-    def preference(option: bool) -> tuple:
+    def preference(option: NewItemContent) -> tuple:
         slots, result = found[option]
         ratio = new_item_recall_ratio(result)
         return ratio >= min_recall_ratio, -slots if ratio >= min_recall_ratio else ratio, \
-            result.metrics["ndcg@10"], not option
+            result.metrics["ndcg@10"], -options.index(option)
 
     chosen = max(options, key=preference)
-    config.new_item_text_only = chosen
+    chosen.apply(config)
     config.new_item_slots, result = found[chosen]
     return config.new_item_slots, {**result.metrics, **result.cold_metrics}
 
@@ -595,6 +634,7 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     # model's config would skew the validation curve that early stopping reads
     model_config.new_item_bias = model_config.new_item_logit_bias = 0.0
     model_config.new_item_text_only = False
+    model_config.new_item_neighbours = 0
     model_config.new_item_slots = 0
     model_config.fusion.n_items = len(data.item_ids) if model_config.use_id else 0
     model_config.interest.n_events = len(data.event_names)
@@ -654,14 +694,17 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     model.eval()
     if config.new_item_exposure == "slots":
         slots, calibrated = calibrate_new_item_slots(model, data, config.new_item_recall_ratio, config.max_len,
-                                                     config.eval_batch_size)
+                                                     config.eval_batch_size, config.new_item_neighbours)
         chosen = f"new items in the last {slots} of every top {model.config.new_item_slot_depth}"
     else:
         lift, calibrated = calibrate_new_item_bias(model, data, config.new_item_bias_grid, config.max_len,
-                                                   config.eval_batch_size, config.new_item_recall_ratio)
+                                                   config.eval_batch_size, config.new_item_recall_ratio,
+                                                   config.new_item_neighbours)
         chosen = f"new-item lift {lift:g} std"
     if log:
-        source = " (from their text alone)" if model.config.new_item_text_only else ""
+        source = (" (from their text alone)" if model.config.new_item_text_only else
+                  f" (from their {model.config.new_item_neighbours} nearest trained items by text)"
+                  if model.config.new_item_neighbours else "")
         log(f"{chosen}{source}: valid ndcg@10={calibrated['ndcg@10']:.4f} "
             f"cold recall@20={calibrated['cold_recall@20']:.4f}")
     best_valid = {k: v for k, v in calibrated.items() if not k.startswith("cold_")}

@@ -323,8 +323,12 @@ def test_new_item_exposure_reaches_the_training_config(store, interactions, monk
 
     monkeypatch.setattr(mmrec.jobs, "train_store", fake_train_store)
     _run(["train", "--store", store, "--interactions", interactions, "--new-item-recall-ratio", "0.5",
-          "--new-item-exposure", "slots"], capsys)
+          "--new-item-exposure", "slots", "--new-item-neighbours", "7"], capsys)
     assert configs[0].new_item_exposure == "slots" and configs[0].new_item_recall_ratio == 0.5
+    assert configs[0].new_item_neighbours == 7
+    code, _, err = _run(["train", "--store", store, "--interactions", interactions, "--new-item-neighbours", "-1"],
+                        capsys)
+    assert code == 1 and "new_item_neighbours must be >= 0" in err
     err = _usage_error(["train", "--store", store, "--interactions", interactions, "--new-item-exposure", "boost"],
                        capsys)
     assert "argument --new-item-exposure" in err and "'boost'" in err

@@ -147,6 +147,44 @@ def test_new_items_built_from_text_alone_ignore_only_their_own_posters():
     assert torch.equal(trained_view, model.item_vectors(features))
 
 
+def test_new_items_with_a_text_take_the_vectors_of_the_trained_items_with_the_nearest_texts(monkeypatch):
+    from mmrec import model as model_module
+
+    features = _features()
+    features.text[-4] = features.text[3] + 0.01 * torch.randn(384)  # a new item written like trained item 3
+    features.present[-1] = torch.tensor([False, True])  # a new item without text keeps its own (poster) vector
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)), new_item_neighbours=1))
+    model.eval()
+    monkeypatch.setattr(model_module, "_SIMILARITY_BLOCK", 40)  # one new item per block: blocks join up right
+    with torch.no_grad():
+        vectors = model.item_vectors(features)
+        model.config.new_item_neighbours = 0
+        content = model.item_vectors(features)
+    trained = features.known
+    assert torch.equal(vectors[trained], content[trained]) and torch.equal(vectors[-1], content[-1])
+    assert torch.allclose(torch.nn.functional.normalize(vectors[-4], dim=0),
+                          torch.nn.functional.normalize(content[3], dim=0), atol=1e-6)
+    assert torch.allclose(vectors[-4:-1].norm(dim=1), content[trained].norm(dim=1).mean().expand(3))
+    # several neighbours: a softmax-weighted mean; the default temperature all but ignores unrelated texts
+    model.config.new_item_neighbours = 5
+    with torch.no_grad():
+        sharp = model.item_vectors(features)
+        model.config.new_item_neighbour_temperature = 10.0
+        flat = model.item_vectors(features)
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(sharp[-4], content[3], dim=0) > 0.999 > 0.9 > cosine(flat[-4], content[3], dim=0)
+    model.train()  # training's content-only vectors (the cold loss) never borrow
+    torch.manual_seed(0)
+    borrowed = model.item_vectors(features)
+    model.config.new_item_neighbours = 0
+    torch.manual_seed(0)
+    assert torch.equal(borrowed, model.item_vectors(features))
+    with pytest.raises(ValueError, match="new_item_neighbours"):
+        ModelConfig(new_item_neighbours=-1)
+    with pytest.raises(ValueError, match="new_item_neighbour_temperature"):
+        ModelConfig(new_item_neighbour_temperature=0.0)
+
+
 def _small(n_items: int) -> MultimodalRecommender:
     return MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=n_items)))
 

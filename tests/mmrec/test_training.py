@@ -102,17 +102,21 @@ def test_a_repeated_row_counts_once_as_in_the_event_log(folder, text_encoder):
     assert twice.n_context_dropped == once.n_context_dropped + 2
 
 
+ALL, TEXT, NEIGHBOURS = (False, 0), (True, 0), (False, 20)
+
+
 @pytest.mark.parametrize(("target", "lifts", "chosen"), [
-    # NDCG@10 decides; a tie keeps every modality
-    (0.0, {False: (0.0, 0.060, 0.0), True: (0.25, 0.062, 0.3)}, True),
-    (0.0, {False: (0.0, 0.060, 0.0), True: (0.0, 0.060, 0.1)}, False),
+    # NDCG@10 decides; a tie keeps the earlier way (every modality before text alone before neighbours)
+    (0.0, {ALL: (0.0, 0.060, 0.0), TEXT: (0.25, 0.062, 0.3), NEIGHBOURS: (0.0, 0.061, 0.2)}, TEXT),
+    (0.0, {ALL: (0.0, 0.060, 0.0), TEXT: (0.0, 0.060, 0.1), NEIGHBOURS: (0.0, 0.060, 0.2)}, ALL),
+    (0.0, {ALL: (0.0, 0.060, 0.0), TEXT: (0.0, 0.058, 0.1), NEIGHBOURS: (0.25, 0.063, 0.2)}, NEIGHBOURS),
     # an exposure target: the better NDCG@10 among the options that reach it...
-    (0.5, {False: (1.25, 0.049, 0.55), True: (1.0, 0.059, 0.52)}, True),
-    (0.5, {False: (1.25, 0.049, 0.55), True: (1.0, 0.059, 0.40)}, False),
+    (0.5, {ALL: (1.25, 0.049, 0.55), TEXT: (1.0, 0.059, 0.52), NEIGHBOURS: (0.5, 0.058, 0.51)}, TEXT),
+    (0.5, {ALL: (1.25, 0.049, 0.55), TEXT: (1.0, 0.059, 0.40), NEIGHBOURS: (8.0, 0.010, 0.45)}, ALL),
     # ...or the higher ratio when none does
-    (0.5, {False: (8.0, 0.020, 0.30), True: (8.0, 0.010, 0.45)}, True),
+    (0.5, {ALL: (8.0, 0.020, 0.30), TEXT: (8.0, 0.010, 0.45), NEIGHBOURS: (8.0, 0.010, 0.40)}, TEXT),
 ])
-def test_new_items_are_built_from_the_content_that_validates_better(target, lifts, chosen, monkeypatch):
+def test_new_items_are_built_the_way_that_validates_better(target, lifts, chosen, monkeypatch):
     from types import SimpleNamespace
 
     from mmrec import training
@@ -122,31 +126,41 @@ def test_new_items_are_built_from_the_content_that_validates_better(target, lift
     tried = []
 
     def lift_for_current_vectors(model, data, grid, max_len, batch_size, min_recall_ratio):
-        text_only = model.config.new_item_text_only
-        tried.append(text_only)
-        multiple, ndcg, ratio = lifts[text_only]
+        way = (model.config.new_item_text_only, model.config.new_item_neighbours)
+        tried.append(way)
+        multiple, ndcg, ratio = lifts[way]
         return training._Lift(multiple, 10 * multiple, 100 * multiple, {"ndcg@10": ndcg}, ratio)
 
     monkeypatch.setattr(training, "_calibrate_lift", lift_for_current_vectors)
     model = SimpleNamespace(config=config)
+    # a trained item with text and poster, a new one with both, a new one with text alone
     present = torch.tensor([[True, True], [True, True], [True, False]])
 
-    def calibrate(known):
+    def calibrate(known, neighbours=20, present=present):
         tried.clear()
         data = SimpleNamespace(features=SimpleNamespace(known=torch.tensor(known), present=present))
-        return training.calibrate_new_item_bias(model, data, (0.0, 1.0), min_recall_ratio=target)
+        return training.calibrate_new_item_bias(model, data, (0.0, 1.0), min_recall_ratio=target,
+                                                neighbours=neighbours)
 
     multiple, metrics = calibrate([True, False, False])
-    assert tried == [False, True]
-    assert config.new_item_text_only is chosen
+    assert tried == [ALL, TEXT, NEIGHBOURS]
+    assert (config.new_item_text_only, config.new_item_neighbours) == chosen
     assert (multiple, metrics["ndcg@10"]) == lifts[chosen][:2]
     assert (config.new_item_bias, config.new_item_logit_bias) == (10 * multiple, 100 * multiple)
-    # nothing to choose when no new item has both a text and a poster, or the model reads no posters
+    # text alone differs from all the content only where a new item has both and the model reads posters
     calibrate([True, True, False])
-    assert tried == [False] and config.new_item_text_only is False
-    config.use_image = False
+    assert tried == [ALL, NEIGHBOURS]
+    # neighbours need a count, new items with a text and trained items with a text to take vectors from
+    calibrate([True, True, False], neighbours=0)
+    assert tried == [ALL] and (config.new_item_text_only, config.new_item_neighbours) == ALL
+    calibrate([True, False, False], present=torch.tensor([[False, True], [True, True], [True, False]]))
+    assert tried == [ALL, TEXT]
+    config.use_text = False
     calibrate([True, False, False])
-    assert tried == [False] and config.new_item_text_only is False
+    assert tried == [ALL]
+    config.use_text, config.use_image = True, False
+    calibrate([True, False, False])
+    assert tried == [ALL, NEIGHBOURS]
 
 
 @pytest.mark.parametrize("slope, chosen, tried", [
@@ -191,7 +205,7 @@ def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
     config = ModelConfig(new_item_bias=0.5, new_item_logit_bias=2.0)
 
     def interrupted(model, *args):
-        if model.config.new_item_text_only:
+        if model.config.new_item_neighbours:
             raise KeyboardInterrupt
         model.config.new_item_bias = 9.0
         return training._Lift(1.0, 9.0, 9.0, {"ndcg@10": 0.1}, 0.0)
@@ -199,8 +213,10 @@ def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
     monkeypatch.setattr(training, "_calibrate_lift", interrupted)
     features = SimpleNamespace(known=torch.tensor([True, False]), present=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(KeyboardInterrupt):
-        training.calibrate_new_item_bias(SimpleNamespace(config=config), SimpleNamespace(features=features), (1.0,))
-    assert (config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias) == (False, 0.5, 2.0)
+        training.calibrate_new_item_bias(SimpleNamespace(config=config), SimpleNamespace(features=features), (1.0,),
+                                         neighbours=20)
+    assert (config.new_item_text_only, config.new_item_neighbours, config.new_item_bias,
+            config.new_item_logit_bias) == (False, 0, 0.5, 2.0)
 
 
 def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder, monkeypatch):
@@ -209,19 +225,20 @@ def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder, m
 
     # a fifth of the items never trained on, so a carried-over lift would move them in every validation ranking
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
-    carried = ModelConfig(new_item_bias=5.0, new_item_logit_bias=5.0, new_item_text_only=True)
+    carried = ModelConfig(new_item_bias=5.0, new_item_logit_bias=5.0, new_item_text_only=True, new_item_neighbours=5)
     plain = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=()), log=None)
     validated_with = []
     evaluate = training.evaluate_model
 
     def observed(model, *args, **kwargs):
         c = model.config
-        validated_with.append((c.new_item_bias, c.new_item_logit_bias, c.new_item_text_only))
+        validated_with.append((c.new_item_bias, c.new_item_logit_bias, c.new_item_text_only, c.new_item_neighbours))
         return evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(training, "evaluate_model", observed)
-    given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), model=carried), log=None)
-    assert validated_with and set(validated_with) == {(0.0, 0.0, False)}
+    given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), new_item_neighbours=0,
+                                  model=carried), log=None)
+    assert validated_with and set(validated_with) == {(0.0, 0.0, False, 0)}
     assert given.history[0]["valid_ndcg@10"] == plain.history[0]["valid_ndcg@10"]
 
 
