@@ -486,8 +486,10 @@ def calibrate_new_item_slots(
     batch_size: int = 256, neighbours: int = 0,
 ) -> tuple[int, dict[str, float]]:
     """Choose ``config.new_item_slots`` on validation: the fewest places (up to half of ``new_item_slot_depth``)
-    that give users whose target is a new item a :func:`new_item_recall_ratio` of ``min_recall_ratio`` (the most
-    places when none does). Lifts are set to 0: slots order new items by their own scores. Like
+    that give users whose target is a new item a :func:`new_item_recall_ratio` of ``min_recall_ratio``; when none
+    does, the fewest with the highest ratio, or none if no number of places gives those users a single hit (a model
+    that cannot tell new items apart, ID only, would fill them with arbitrary items). Lifts are set to 0: slots
+    order new items by their own scores. Like
     :func:`calibrate_new_item_bias`, each way of building new items is tried (``neighbours``: how many trained
     items a new one may take its vector from) and the one needing fewer places is kept (then the higher NDCG@10,
     then the earlier way). Returns the places and the validation metrics (``cold_`` included) they reached; no new
@@ -501,12 +503,17 @@ def calibrate_new_item_slots(
     try:
         for option in options:
             option.apply(config)
+            results = {}
             for slots in tried:
                 config.new_item_slots = slots
-                result = evaluate_model(model, data, "valid", max_len, batch_size)
-                if new_item_recall_ratio(result) >= min_recall_ratio:
+                results[slots] = evaluate_model(model, data, "valid", max_len, batch_size)
+                if new_item_recall_ratio(results[slots]) >= min_recall_ratio:
                     break
-            found[option] = (config.new_item_slots, result)
+            best = max(results, key=lambda n: (new_item_recall_ratio(results[n]), -n))
+            if new_item_recall_ratio(results[best]) == 0 and best:
+                config.new_item_slots = best = 0
+                results[0] = evaluate_model(model, data, "valid", max_len, batch_size)
+            found[option] = (best, results[best])
     except BaseException:
         _restore_new_item_settings(config, before)
         raise

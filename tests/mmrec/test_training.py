@@ -258,6 +258,34 @@ def test_a_cpu_training_repeats_bit_for_bit_on_several_threads(folder):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.parametrize("ratios, chosen", [
+    ({1: 0.1, 2: 0.3, 3: 0.55}, 3),  # the fewest places reaching the target; more are not tried
+    ({n: min(0.4, 0.1 * n) for n in range(1, 11)}, 4),  # none reaches it: the fewest with the highest ratio
+    ({n: 0.0 for n in range(1, 11)}, 0),  # no hit at any number (new items all look alike): no places
+])
+def test_new_item_places_are_the_fewest_that_reach_the_target(ratios, chosen, monkeypatch):
+    from types import SimpleNamespace
+
+    from mmrec import training
+
+    config = ModelConfig(new_item_bias=1.0)
+    evaluated = []
+
+    def evaluate_with_current_places(model, data, stage, *args):
+        evaluated.append(config.new_item_slots)
+        ratio = ratios.get(config.new_item_slots, 0.0)
+        return SimpleNamespace(ratio=ratio, metrics={"ndcg@10": 0.06}, cold_metrics={"cold_recall@20": ratio / 5})
+
+    monkeypatch.setattr(training, "evaluate_model", evaluate_with_current_places)
+    monkeypatch.setattr(training, "new_item_recall_ratio", lambda result: result.ratio)
+    features = SimpleNamespace(known=torch.tensor([True, False]), present=torch.tensor([[True, False], [False, True]]))
+    data = SimpleNamespace(features=features, split=SimpleNamespace(cold_users=lambda stage: [0]))
+    slots, metrics = training.calibrate_new_item_slots(SimpleNamespace(config=config), data, 0.5)
+    assert slots == config.new_item_slots == chosen and config.new_item_bias == 0.0
+    assert evaluated == sorted(ratios) + ([0] if chosen == 0 else [])
+    assert metrics["cold_recall@20"] == ratios.get(chosen, 0.0) / 5
+
+
 def test_training_for_an_exposure_by_places_keeps_lifts_off_and_saves_the_places(folder, tmp_path):
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
     fitted = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_recall_ratio=0.5,
