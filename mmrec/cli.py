@@ -197,11 +197,12 @@ def _check_data_arguments(args: argparse.Namespace) -> None:
     _require_file("--context-events", args.context_events)
 
 
-_NEW_ITEM_RECALL_RATIO_HELP = ("lift new (untrained) items until their users' validation Recall@20 reaches this "
-                               "fraction of the other users' (costs those some recall; default 0: lift by NDCG@10)")
-_NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: lift (default) or slots (no lift; the fewest of "
-                           "the last places of every top 20 that reach it go to new items, trained items keep "
-                           "their order above them)")
+_NEW_ITEM_RECALL_RATIO_HELP = ("exposure of new (untrained) items: rank them so that their users' validation "
+                               "Recall@20 reaches this fraction of the other users' (costs those some recall; "
+                               "default 0.5; 0: no target, new items lifted as far as NDCG@10 says)")
+_NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: slots (default: the fewest of the last places of "
+                           "every top 20 that reach it go to new items, trained items keep their order above them) "
+                           "or lift (new items' scores raised until they reach it)")
 
 _NEW_ITEM_NEIGHBOURS_HELP = ("after training, also try building each new (untrained) item from the vectors of this "
                              "many trained items with the nearest texts, and keep it if it validates better "
@@ -380,6 +381,7 @@ def _our_variant(value: str) -> str:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     from .baselines import BASELINES
     from .report import OUR_VARIANTS, PROTOCOLS, QualityConfig, is_ours
+    from .training import EXPOSURES
 
     defaults = QualityConfig()
     model_names = (f"{', '.join(BASELINES)} or our model's item signals joined by '+' "
@@ -399,11 +401,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=defaults.train.patience)
     parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
                         help=_NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.train.new_item_exposure,
+                        help=_NEW_ITEM_EXPOSURE_HELP)
     parser.add_argument("--new-item-neighbours", type=int, default=defaults.train.new_item_neighbours,
                         help=f"{_NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.train.new_item_neighbours})")
     parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
-                        help="cold protocol: also evaluate our model with the new-item lift, and with new-item places, "
-                             "chosen on validation for this cold/warm Recall@20 ratio "
+                        help="cold protocol: also evaluate our model with no exposure target, and with the new-item "
+                             "lift and new-item places chosen on validation for this cold/warm Recall@20 ratio "
                              f"(0: off; default {defaults.exposure_ratio:g})")
     parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
     parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
@@ -447,7 +451,7 @@ def run_report(args: argparse.Namespace) -> int:
     config = QualityConfig(
         models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
         train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False,
-                          new_item_recall_ratio=args.new_item_recall_ratio,
+                          new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
                           new_item_neighbours=args.new_item_neighbours),
         baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
         jobs=args.jobs, device=args.device, exposure_ratio=args.exposure_ratio,

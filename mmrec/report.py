@@ -6,12 +6,12 @@ Two protocols (README, "Evaluation protocol"):
   in training, "cold" = the rest (on ml-latest-small: items rated once, by that user, last).
 - ``cold``: the same split with a seeded 10% of the rated items removed from training entirely
   (:func:`mmrec.data.hold_out_items`); users whose test item was held out are the cold users, ranked over the whole
-  catalogue like everyone else. Our model's runs there are evaluated three times from the same trained model: with
-  the new-item lift chosen by validation NDCG@10; with the lift chosen for an exposure target (``exposure_ratio``:
-  the smallest whose cold/warm Recall@20 ratio on validation reaches it; see
-  :func:`mmrec.training.calibrate_new_item_bias`); and with the fewest places at the end of every top 20 reserved
-  for new items that reach the same target (:func:`mmrec.training.calibrate_new_item_slots`). Each is a final
-  configuration, so test is read once for each.
+  catalogue like everyone else. Our model's runs there rank new items as training chose (by default the fewest
+  places at the end of every top 20 reserved for new items that give cold users a validation Recall@20 of half the
+  warm users', :func:`mmrec.training.calibrate_new_item_slots`) and, from the same trained model, each other way
+  too: with no exposure target (the new-item lift validation NDCG@10 chooses); with the lift chosen for the
+  exposure target ``exposure_ratio`` (:func:`mmrec.training.calibrate_new_item_bias`); with new-item places for it.
+  Each is a final configuration, so test is read once for each.
 
 Models: the ID-only baselines of :mod:`mmrec.baselines` (``pop``, ``bpr``, ``gru4rec``, ``sasrec``) and our model
 with any mix of item signals (``id``, ``text``, ``image``, ``text+image``, ``text+image+id``). Each finished run
@@ -96,9 +96,9 @@ class QualityConfig:
             Workers are started by spawning, so a script that calls :func:`run_report` with ``jobs`` > 1 needs the
             usual ``if __name__ == "__main__":`` guard.
         device: where every model trains and is evaluated (``"auto"``: CUDA when available).
-        exposure_ratio: in the cold protocol, our model is also evaluated with the new-item lift recalibrated on
-            validation for this cold/warm Recall@20 ratio, and with new-item places chosen for it (0: not; skipped
-            when ``train.new_item_recall_ratio`` already sets the exposure).
+        exposure_ratio: in the cold protocol, our model is also evaluated with no exposure target, with the
+            new-item lift recalibrated on validation for this cold/warm Recall@20 ratio and with new-item places
+            chosen for it, each skipped where it is how ``train`` ranks new items anyway (0: none of these).
     """
 
     models: tuple[str, ...] = (*BASELINES, *OUR_VARIANTS)
@@ -171,6 +171,11 @@ def _run_baseline(name: str, data: TrainingData, seed: int, config: QualityConfi
     }
 
 
+def _same_exposure(ratio: float, exposure: str, other_ratio: float, other_exposure: str) -> bool:
+    # without a target, the exposure method is never used
+    return ratio == other_ratio and (ratio == 0 or exposure == other_exposure)
+
+
 def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig) -> dict:
     parts = set(variant.split("+"))
     train = copy.deepcopy(config.train)
@@ -191,24 +196,27 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "new_item_slots": fitted.model.config.new_item_slots,
         "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
-    if config.exposure_ratio > 0 and data.held_out is not None and train.new_item_recall_ratio == 0:
-        lift, valid = calibrate_new_item_bias(fitted.model, data, train.new_item_bias_grid, train.max_len,
-                                              train.eval_batch_size, config.exposure_ratio, train.new_item_neighbours)
-        exposed = evaluate_model(fitted.model, data, "test", train.max_len)
-        run["exposure"] = {"ratio": config.exposure_ratio, "lift": lift,
-                           "new_item_text_only": fitted.model.config.new_item_text_only,
-                           "new_item_neighbours": fitted.model.config.new_item_neighbours,
-                           "valid_ndcg@10": valid["ndcg@10"],
-                           "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(exposed)}
-        slots, valid = calibrate_new_item_slots(fitted.model, data, config.exposure_ratio, train.max_len,
-                                                train.eval_batch_size, train.new_item_neighbours)
-        placed = evaluate_model(fitted.model, data, "test", train.max_len)
-        run["exposure_slots"] = {"ratio": config.exposure_ratio, "slots": slots,
-                                 "depth": fitted.model.config.new_item_slot_depth,
-                                 "new_item_text_only": fitted.model.config.new_item_text_only,
-                                 "new_item_neighbours": fitted.model.config.new_item_neighbours,
-                                 "valid_ndcg@10": valid["ndcg@10"],
-                                 "valid_cold_recall@20": valid["cold_recall@20"], "test": _split_metrics(placed)}
+    if config.exposure_ratio > 0 and data.held_out is not None:
+        # the same trained model, new items ranked the other ways (each a final configuration: test read once):
+        # no exposure target (the lift NDCG@10 chooses), the exposure lift, new-item places
+        alternatives = (("no_exposure", 0.0, "lift"), ("exposure", config.exposure_ratio, "lift"),
+                        ("exposure_slots", config.exposure_ratio, "slots"))
+        for key, ratio, exposure in alternatives:
+            if _same_exposure(ratio, exposure, train.new_item_recall_ratio, train.new_item_exposure):
+                continue  # that is how the run itself was evaluated
+            if exposure == "slots":
+                chosen, valid = calibrate_new_item_slots(fitted.model, data, ratio, train.max_len,
+                                                         train.eval_batch_size, train.new_item_neighbours)
+            else:
+                chosen, valid = calibrate_new_item_bias(fitted.model, data, train.new_item_bias_grid, train.max_len,
+                                                        train.eval_batch_size, ratio, train.new_item_neighbours)
+            result = evaluate_model(fitted.model, data, "test", train.max_len)
+            c = fitted.model.config
+            run[key] = {"ratio": ratio, "slots" if exposure == "slots" else "lift": chosen,
+                        **({"depth": c.new_item_slot_depth} if exposure == "slots" else {}),
+                        "new_item_text_only": c.new_item_text_only, "new_item_neighbours": c.new_item_neighbours,
+                        "valid_ndcg@10": valid["ndcg@10"], "valid_cold_recall@20": valid["cold_recall@20"],
+                        "test": _split_metrics(result)}
     return run
 
 
@@ -390,19 +398,30 @@ def _label(model: str) -> str:
     return f"ours: {model}" if is_ours(model) else model
 
 
+# Other rankings of new items a cold-protocol run of ours is evaluated with: (key in the run, label suffix).
+_ALTERNATIVE_ROWS = (("no_exposure", "no new-item exposure target"), ("exposure", "lift for cold/warm >= {ratio:g}"),
+                     ("exposure_slots", "new-item places for cold/warm >= {ratio:g}"))
+
+
+def exposure_setting(ratio: float, exposure: str) -> str:
+    """In words: how new items are ranked by a model trained with this ``new_item_recall_ratio`` and exposure."""
+    if ratio == 0:
+        return "no new-item exposure target (the lift validation NDCG@10 chooses)"
+    how = "new-item places" if exposure == "slots" else "the new-item lift"
+    return f"{how} for cold/warm >= {ratio:g}"
+
+
 def _evaluations(runs: list[dict], protocol: str, model: str) -> list[tuple[str, list[tuple[dict, dict]]]]:
     """A model's rows under a protocol: (label, [(run, evaluation)]), where the evaluation holds the test metrics
-    of the run's default lift or, in further rows, of its exposure lift and of its new-item places."""
+    of the run as trained or, in further rows, of the other ways of ranking new items it was evaluated with."""
     rows = [r for r in runs if r["protocol"] == protocol and r["model"] == model]
     if not rows:
         return []
     evaluations = [(_label(model), [(r, r) for r in rows])]
-    exposed = [(r, r["exposure"]) for r in rows if "exposure" in r]
-    if exposed:
-        evaluations.append((f"{_label(model)}, lift for cold/warm >= {exposed[0][1]['ratio']:g}", exposed))
-    placed = [(r, r["exposure_slots"]) for r in rows if "exposure_slots" in r]
-    if placed:
-        evaluations.append((f"{_label(model)}, new-item places for cold/warm >= {placed[0][1]['ratio']:g}", placed))
+    for key, suffix in _ALTERNATIVE_ROWS:
+        pairs = [(r, r[key]) for r in rows if key in r]
+        if pairs:
+            evaluations.append((f"{_label(model)}, {suffix.format(ratio=pairs[0][1]['ratio'])}", pairs))
     return evaluations
 
 
@@ -467,7 +486,9 @@ def _cold_warm_recall(evaluations: list[dict]) -> dict[str, float] | None:
 
 def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float] | None) -> dict:
     """Win ratio, paired bootstrap and cold/warm ratio for ``config.ours`` (standard and cold protocol)."""
-    checks: dict = {"ours": config.ours}
+    checks: dict = {"ours": config.ours,
+                    "trained_exposure": exposure_setting(config.train.new_item_recall_ratio,
+                                                         config.train.new_item_exposure)}
     standard = [r for r in runs if r["protocol"] == "standard"]
     ours = sorted((r for r in standard if r["model"] == config.ours), key=lambda r: r["seed"])
     id_only = {m: [r for r in standard if r["model"] == m] for m in ID_ONLY if m != config.ours}
@@ -502,17 +523,16 @@ def _checks(runs: list[dict], config: QualityConfig, reference: dict[str, float]
     recall = _cold_warm_recall(cold_runs)
     if recall:
         checks["cold_protocol"] = {**recall, "n_cold_users": [r["test"]["n"]["cold"] for r in cold_runs]}
-        exposed = [r["exposure"] for r in cold_runs if "exposure" in r]
-        if len(exposed) == len(cold_runs):
-            checks["cold_protocol"]["exposure"] = {
-                "target": exposed[0]["ratio"], "lifts": [e["lift"] for e in exposed], **_cold_warm_recall(exposed),
-                "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in exposed])),
-                "default_ndcg@10": float(np.mean([r["test"]["all"]["ndcg@10"] for r in cold_runs]))}
-        placed = [r["exposure_slots"] for r in cold_runs if "exposure_slots" in r]
-        if len(placed) == len(cold_runs):
-            checks["cold_protocol"]["exposure_slots"] = {
-                "target": placed[0]["ratio"], "slots": [e["slots"] for e in placed], "depth": placed[0]["depth"],
-                **_cold_warm_recall(placed), "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in placed]))}
+        checks["cold_protocol"]["ndcg@10"] = float(np.mean([r["test"]["all"]["ndcg@10"] for r in cold_runs]))
+        checks["cold_protocol"]["slots"] = [r.get("new_item_slots", 0) for r in cold_runs]
+        for key, _ in _ALTERNATIVE_ROWS:
+            other = [r[key] for r in cold_runs if key in r]
+            if other and len(other) == len(cold_runs):
+                chosen = "slots" if key == "exposure_slots" else "lift"
+                checks["cold_protocol"][key] = {
+                    "target": other[0]["ratio"], chosen: [e[chosen] for e in other], **_cold_warm_recall(other),
+                    "ndcg@10": float(np.mean([e["test"]["all"]["ndcg@10"] for e in other])),
+                    **({"depth": other[0]["depth"]} if key == "exposure_slots" else {})}
     return checks
 
 
@@ -543,13 +563,20 @@ def _format_checks(checks: dict) -> str:
         def recall(e: dict) -> str:
             return f"cold Recall@20 {e['cold_recall@20']:.4f} vs warm {e['warm_recall@20']:.4f} = {e['ratio']:.2f}x"
 
-        lines.append(f"- Cold protocol, {_label(checks['ours'])}: {recall(c)} (target >= 0.5x); cold users per seed "
+        places = f", places {c['slots']}" if any(c["slots"]) else ""
+        lines.append(f"- Cold protocol, {_label(checks['ours'])} as trained ({checks['trained_exposure']}{places}): "
+                     f"{recall(c)} (target >= 0.5x); all-user NDCG@10 {c['ndcg@10']:.4f}; cold users per seed "
                      f"{c['n_cold_users']}.")
+        if "no_exposure" in c:
+            e = c["no_exposure"]
+            lines.append(f"- The same trained models with no new-item exposure target, the new-item lift chosen on "
+                         f"validation NDCG@10 (lifts {e['lift']} std): {recall(e)}; all-user NDCG@10 "
+                         f"{e['ndcg@10']:.4f}.")
         if "exposure" in c:
             e = c["exposure"]
             lines.append(f"- The same trained models with the new-item lift chosen on validation for cold/warm >= "
-                         f"{e['target']:g} instead of for NDCG@10 (lifts {e['lifts']} std): {recall(e)}; "
-                         f"all-user NDCG@10 {e['ndcg@10']:.4f} (NDCG@10-chosen lift: {e['default_ndcg@10']:.4f}).")
+                         f"{e['target']:g} (lifts {e['lift']} std): {recall(e)}; all-user NDCG@10 "
+                         f"{e['ndcg@10']:.4f}.")
         if "exposure_slots" in c:
             e = c["exposure_slots"]
             lines.append(f"- The same trained models with the last places of every top {e['depth']} reserved for new "
@@ -707,14 +734,17 @@ def run_report(
     table = format_table(runs, config.models, config.protocols)
     files = _plots(runs, config, out)
     settings = _settings(config)
+    trained_exposure = exposure_setting(config.train.new_item_recall_ratio, config.train.new_item_exposure)
     body = [
         "# mmrec quality report", "",
         f"Command: `{command}`" if command else "", "",
         f"Seeds {list(config.seeds)}; protocols {list(config.protocols)} (cold: {config.hold_out:.0%} of rated items "
         "held out of training, chosen by the seed); test metrics as mean ± std over seeds; warm = users whose "
         "test item occurs in training, cold = the rest. Full ranking over the catalogue, history excluded. "
-        "\"valid ndcg@10\" is the best epoch's; for our models, with the new-item lift (and content) training chose "
-        "on validation after early stopping, while the validation curves below show each epoch before that choice.",
+        f"Our models' rows rank new items as trained: {trained_exposure}; rows with a suffix rank them another way "
+        "from the same trained models. "
+        "\"valid ndcg@10\" is the best epoch's; for our models, with how new items are ranked and built chosen on "
+        "validation after early stopping, while the validation curves below show each epoch before that choice.",
         "",
         table, "", "## Checks", "", _format_checks(checks) or (
             f"(no checks: they compare {_label(config.ours)} (--ours) with the ID-only models, and these runs do not "

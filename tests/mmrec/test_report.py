@@ -84,29 +84,33 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
     _assert_bootstrap_matches_stored_runs(checks, tmp_path / "runs.jsonl", ours="text+id", resamples=200)
     assert "Seed by seed" in report and "seed 1 " in report
     assert all(n > 0 for n in checks["cold_protocol"]["n_cold_users"])
-    # the cold protocol also evaluates our trained models with the lift chosen for the exposure target
+    # the cold protocol ranks new items as trained (new-item places by default) and, from the same trained models,
+    # with no exposure target and with the lift chosen for the exposure target
+    assert "Our models' rows rank new items as trained: new-item places for cold/warm >= 0.5" in report
+    assert "| cold | ours: text+id, no new-item exposure target | 2 |" in report
     assert "| cold | ours: text+id, lift for cold/warm >= 0.5 | 2 |" in report
     assert "| cold | ours: id, lift for cold/warm >= 0.5 | 2 |" in report
-    assert "lift for cold/warm" not in report.split("| cold |")[0]  # not in the standard protocol
-    exposure = checks["cold_protocol"]["exposure"]
-    assert exposure["target"] == 0.5 and len(exposure["lifts"]) == 2 and all(lift >= 0 for lift in exposure["lifts"])
-    # ... and with places at the end of every top 20 reserved for new items
-    assert "| cold | ours: text+id, new-item places for cold/warm >= 0.5 | 2 |" in report
-    placed = checks["cold_protocol"]["exposure_slots"]
-    assert placed["depth"] == 20 and all(1 <= slots <= 10 for slots in placed["slots"])
-    assert "last places of every top 20 reserved for new items" in report
+    assert "| cold | ours: text+id, new-item places" not in report  # that is how the rows without a suffix rank
+    assert "exposure target |" not in report.split("| cold |")[0]  # not in the standard protocol
+    cold = checks["cold_protocol"]
+    assert cold["exposure"]["target"] == 0.5 and len(cold["exposure"]["lift"]) == 2
+    assert all(lift >= 0 for lift in cold["exposure"]["lift"] + cold["no_exposure"]["lift"])
+    assert cold["no_exposure"]["target"] == 0.0 and all(0 <= slots <= 10 for slots in cold["slots"])
+    assert "The same trained models with no new-item exposure target" in report
+    built = ("new_item_text_only", "new_item_neighbours")
     for run in summary.runs:
-        assert ("exposure" in run) == (run["model"] in ("id", "text+id") and run["protocol"] == "cold")
-        assert ("exposure_slots" in run) == ("exposure" in run)
-        if "exposure_slots" in run:  # places come after the trained items' best, so those keep their recall@10...
-            built = ("new_item_text_only", "new_item_neighbours")
-            # ...where new items are built as by default (they share the re-ranker's candidates with trained ones)
-            assert run["exposure_slots"]["test"]["warm"]["recall@10"] >= run["test"]["warm"]["recall@10"] or \
-                run["new_item_bias"] > 0 or any(run[k] != run["exposure_slots"][k] for k in built)
-        if "exposure" in run:
+        ours_cold = run["model"] in ("id", "text+id") and run["protocol"] == "cold"
+        assert ("exposure" in run) == ("no_exposure" in run) == ours_cold and "exposure_slots" not in run
+        assert (run.get("new_item_bias") or 0.0) == 0.0  # places, not lifts
+        if ours_cold:
+            untargeted = run["no_exposure"]
+            # places come after the trained items' best, so those keep their recall@10, where new items are built
+            # the same way (they share the re-ranker's candidates with trained ones) and not lifted among them
+            assert run["test"]["warm"]["recall@10"] >= untargeted["test"]["warm"]["recall@10"] or \
+                untargeted["lift"] > 0 or any(run[k] != untargeted[k] for k in built)
             assert run["exposure"]["test"]["n"] == run["test"]["n"]
-            if run["exposure"]["lift"] == 0:  # no lift needed: the same ranking as the NDCG@10-chosen lift 0
-                assert run["new_item_bias"] > 0 or run["exposure"]["test"] == run["test"]
+            if run["exposure"]["lift"] == untargeted["lift"] and all(run["exposure"][k] == untargeted[k] for k in built):
+                assert run["exposure"]["test"] == untargeted["test"]  # the same ranking
         if run["model"] == "pop" and run["protocol"] == "cold":
             assert run["test"]["cold"]["recall@20"] == 0.0  # never-trained items have no popularity
     again = []

@@ -286,17 +286,18 @@ def test_new_item_places_are_the_fewest_that_reach_the_target(ratios, chosen, mo
     assert metrics["cold_recall@20"] == ratios.get(chosen, 0.0) / 5
 
 
-def test_training_for_an_exposure_by_places_keeps_lifts_off_and_saves_the_places(folder, tmp_path):
+def test_training_gives_new_items_places_by_default_keeps_lifts_off_and_saves_the_places(folder, tmp_path):
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
-    fitted = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_recall_ratio=0.5,
-                                   new_item_exposure="slots"), log=None)
+    assert (TrainConfig().new_item_exposure, TrainConfig().new_item_recall_ratio) == ("slots", 0.5)
+    fitted = fit(data, TrainConfig(epochs=1, show_progress=False), log=None)
     config = fitted.model.config
     assert 1 <= config.new_item_slots <= 10 and config.new_item_bias == config.new_item_logit_bias == 0.0
     fitted.model.save(tmp_path / "model", {})
     assert MultimodalRecommender.load(tmp_path / "model")[0].config.new_item_slots == config.new_item_slots
+    # no exposure target: no places, whatever the exposure says
+    untargeted = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_recall_ratio=0.0), log=None)
+    assert untargeted.model.config.new_item_slots == 0
     with pytest.raises(ValueError, match="new_item_exposure"):
         TrainConfig(new_item_exposure="boost")
-    with pytest.raises(ValueError, match="--new-item-recall-ratio"):
-        TrainConfig(new_item_exposure="slots")
     with pytest.raises(ValueError, match="new_item_slot_depth must be >= 1"):
         ModelConfig(new_item_slot_depth=0)
