@@ -489,11 +489,10 @@ def calibrate_new_item_slots(
     that give users whose target is a new item a :func:`new_item_recall_ratio` of ``min_recall_ratio``; when none
     does, the fewest with the highest ratio, or none if no number of places gives those users a single hit (a model
     that cannot tell new items apart, ID only, would fill them with arbitrary items). Lifts are set to 0: slots
-    order new items by their own scores. Like
-    :func:`calibrate_new_item_bias`, each way of building new items is tried (``neighbours``: how many trained
-    items a new one may take its vector from) and the one needing fewer places is kept (then the higher NDCG@10,
-    then the earlier way). Returns the places and the validation metrics (``cold_`` included) they reached; no new
-    item among the validation targets means 0 places."""
+    order new items by their own scores. Like :func:`calibrate_new_item_bias`, each way of building new items is
+    tried (``neighbours``: how many trained items a new one may take its vector from) and the one needing fewer
+    places is kept (then the higher NDCG@10, then the earlier way). Returns the places and the validation metrics
+    (``cold_`` included) they reached; no new item among the validation targets means 0 places."""
     config = model.config
     options = _new_item_content_options(config, data.features, neighbours)
     tried = range(1, config.new_item_slot_depth // 2 + 1) if len(data.split.cold_users("valid")) else (0,)
