@@ -26,12 +26,13 @@ from torch import nn
 __all__ = ["FusionConfig", "ItemFusion", "ModalityAttention", "SiameseTower", "ModalityAdapter"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusionConfig:
     """Shape and regularisation of the fusion layer.
 
     Attributes:
-        text_dim / image_dim: encoder feature sizes (0 disables that modality).
+        text_dim / image_dim: encoder feature sizes (0 disables that modality); training sets them to the widths
+            of the features its store holds.
         shared_dim: width of the shared space the adapters project into.
         item_dim: size ``D`` of the fused item vector.
         n_items: size of the item-ID vocabulary (0 = no ID token).

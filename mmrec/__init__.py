@@ -1,6 +1,8 @@
 """mmrec: a multimodal, language-model-enhanced recommendation engine.
 
-Data flows one way: catalogue -> encoders -> fusion -> item vectors -> interest model -> scorer.
+Data flows one way (docs/architecture.md): files -> rows (:mod:`mmrec.io`) -> interactions, split and batches
+(:mod:`mmrec.data`) -> features (:mod:`mmrec.features`) -> networks (:mod:`mmrec.networks`, :mod:`mmrec.fusion`,
+:mod:`mmrec.baselines`) -> :mod:`mmrec.train` | :mod:`mmrec.serve`.
 
 - :func:`embed_catalog` / :class:`Store`: catalogue items -> stored text and image features.
 - :func:`train_store`, :func:`evaluate_store`, :func:`refresh_store`: the training, evaluation and batch-refresh jobs.
@@ -8,14 +10,15 @@ Data flows one way: catalogue -> encoders -> fusion -> item vectors -> interest 
 """
 
 from .embed import EmbedConfig, EmbedReport, embed_catalog
-from .jobs import RefreshReport, evaluate_store, refresh_store, train_store
-from .model import ModelConfig, ModelLoadError
-from .recommender import Recommender
-from .store import Store, StoredItem, UserState
-from .training import TrainConfig
+from .networks.model import ModelConfig, NewItemPolicy
+from .serve import Recommender, RefreshReport, refresh_store
+from .store import Store, UserState
+from .train import TrainConfig, evaluate_store, train_store
+from .trained import ModelLoadError, TrainedModel
 
 __all__ = [
-    "EmbedConfig", "EmbedReport", "ModelConfig", "ModelLoadError", "Recommender", "RefreshReport", "Store",
-    "StoredItem", "TrainConfig", "UserState", "embed_catalog", "evaluate_store", "refresh_store", "train_store",
+    "EmbedConfig", "EmbedReport", "ModelConfig", "ModelLoadError", "NewItemPolicy", "Recommender", "RefreshReport",
+    "Store", "TrainConfig", "TrainedModel", "UserState", "embed_catalog", "evaluate_store", "refresh_store",
+    "train_store",
 ]
 __version__ = "0.1.0"

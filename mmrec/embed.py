@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .catalog import CatalogRow, read_catalog
+from .io.catalog import CatalogRow, read_catalog
 from .encoders.image import ImageEncoder, ImageEncoderConfig
 from .encoders.text import TextEncoder, TextEncoderConfig
 from .store import Store

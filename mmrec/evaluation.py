@@ -13,31 +13,34 @@ target takes when its tie group is ordered at random (the rank reported is the g
 popularity ties on most items, and the metric of the mean rank misstates its NDCG@10 by 3%. ``PESSIMISTIC`` puts
 every tied item ahead of the target. Only non-excluded items are counted, so the history never affects a rank.
 
+Every model is evaluated alike through the contract of :class:`Ranker` (our model and the baselines).
+
 Example::
 
-    result = evaluate(model.full_sort_scores, split, stage="test")
+    result = evaluate(model, build_behaviour(split), stage="test")
     result.metrics["ndcg@10"], result.cold_metrics["cold_ndcg@10"], result.n_users
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmrec.data import SequenceBatch, Split, Stage, tail_batch
+from .data.batch import SequenceBatch
+from .data.behaviour import Behaviour
+from .data.split import Stage
 
 __all__ = [
     "METRICS",
     "BootstrapResult",
     "EvalResult",
-    "ScoreFn",
+    "Ranker",
     "TieRule",
     "evaluate",
     "metrics_from_ranks",
@@ -49,9 +52,21 @@ __all__ = [
 METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10")
 """Metric names, in report order."""
 
-ScoreFn = Callable[[SequenceBatch, torch.Tensor], torch.Tensor]
-"""``score_fn(batch, user_index) -> (B, n_items)`` scores; higher is better. ``user_index (B,)`` holds split
-positions; ``batch`` is the users' context (last ``max_len`` events)."""
+class Ranker(Protocol):
+    """What :func:`evaluate` needs of a model (every model in mmrec has it).
+
+    - ``max_len``: the context length it reads (``None``: the whole context).
+    - ``scores(batch, exclude)``: ``(B, n_items)`` scores of every catalogue item, higher is better, for the
+      users' contexts ``batch``; ``exclude (B, n_items)`` bool marks items that will not be ranked (the history
+      but the target), which a model may use to spend re-ranking on rankable items.
+    - ``eval()``: switches it to inference.
+    """
+
+    max_len: int | None
+
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def eval(self): ...
 
 
 class TieRule(str, Enum):
@@ -180,13 +195,12 @@ def _mean(values: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "") -> 
 
 
 def evaluate(
-    score_fn: ScoreFn,
-    split: Split,
+    model: Ranker,
+    data: Behaviour,
     stage: Stage = "test",
     *,
     batch_size: int = 256,
     users: np.ndarray | None = None,
-    max_len: int | None = 50,
     tie_rule: TieRule | str = TieRule.EXPECTED,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -194,15 +208,14 @@ def evaluate(
     """Rank every catalogue item for each user and score the ``stage`` target.
 
     Args:
-        score_fn: ``(batch: SequenceBatch, user_index: LongTensor (B,)) -> (B, n_items)`` scores. Called under
-            ``torch.no_grad()``; it does not switch the model to eval mode, do that before.
-        split: the leave-one-out split.
+        model: any :class:`Ranker`; it is switched to eval mode and called under ``torch.no_grad()``.
+        data: the behaviour sequences of the split (``data.split``): the users' contexts are their last
+            ``model.max_len`` events before the target (:meth:`~mmrec.data.behaviour.Behaviour.context`).
         stage: ``"valid"`` (context and history = train) or ``"test"`` (train + valid).
-        batch_size: users per ``score_fn`` call.
+        batch_size: users per ``model.scores`` call.
         users: split positions to evaluate (default: all).
-        max_len: context length given to ``score_fn`` (the last ``max_len`` events; ``None`` = whole context).
         tie_rule: see :class:`TieRule`.
-        device: where batches are sent and ranks computed (default: CPU).
+        device: where contexts are sent and ranks computed (default: the model's device).
         progress: show a progress bar over user batches.
 
     Returns:
@@ -211,33 +224,36 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     tie_rule = TieRule(tie_rule)
+    split = data.split
     rows = np.arange(split.n_users, dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
     if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= split.n_users)):
         raise ValueError(f"users: must be a 1-d array of split positions in [0, {split.n_users})")
-    context = split.context(stage)
+    history = split.history(stage)  # once: building it copies every event
     targets = split.target(stage)
     n_items = split.n_items
     ranks = np.empty(len(rows), dtype=np.float64)
     tied = np.empty(len(rows), dtype=np.float64)
-    device = torch.device("cpu") if device is None else torch.device(device)
+    device = _device_of(model) if device is None else torch.device(device)
+    model.eval()
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
         for start in tqdm(starts, desc=f"evaluate {stage}", disable=not progress, leave=False):
             chunk = rows[start : start + batch_size]
-            batch = tail_batch(context, chunk, max_len, n_items, split.n_events).to(device)
-            user_index = batch.users
-            scores = score_fn(batch, user_index)
+            batch = data.context(stage, chunk, model.max_len).to(device)
+            # exclude the whole history: one scatter over the flat CSR entries of this chunk
+            hist = history.take(chunk)
+            exclude = torch.zeros((len(chunk), n_items), dtype=torch.bool, device=device)
+            exclude[torch.from_numpy(hist.row_of).to(device), torch.from_numpy(hist.item).to(device)] = True
+            target = torch.from_numpy(targets[chunk]).to(device)
+            # a target the user consumed before is ranked all the same, so the model must not mask it
+            rankable = exclude.clone()
+            rankable[torch.arange(len(chunk), device=device), target] = False
+            scores = model.scores(batch, rankable)
             if scores.shape != (len(chunk), n_items):
                 raise ValueError(
-                    f"score_fn: returned shape {tuple(scores.shape)}, expected ({len(chunk)}, {n_items})"
+                    f"scores: returned shape {tuple(scores.shape)}, expected ({len(chunk)}, {n_items})"
                 )
-            # exclude the whole history: one scatter over the flat CSR entries of this chunk
-            hist = context.take(chunk)
-            on = scores.device
-            exclude = torch.zeros((len(chunk), n_items), dtype=torch.bool, device=on)
-            exclude[torch.from_numpy(hist.row_of).to(on), torch.from_numpy(hist.item).to(on)] = True
-            target = torch.from_numpy(targets[chunk]).to(on)
-            batch_greater, batch_tied = tie_counts(scores.float(), target, exclude)
+            batch_greater, batch_tied = tie_counts(scores.float(), target.to(scores.device), exclude.to(scores.device))
             tied[start : start + len(chunk)] = batch_tied.cpu().numpy()
             ranks[start : start + len(chunk)] = 1.0 + batch_greater.cpu().numpy()
     if tie_rule is TieRule.EXPECTED:
@@ -257,6 +273,13 @@ def evaluate(
         cold_metrics=_mean(per_user, is_cold, prefix="cold_"),
         tie_rule=tie_rule.value,
     )
+
+
+def _device_of(model) -> torch.device:
+    tensor = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if tensor is None and hasattr(model, "buffers"):
+        tensor = next(iter(model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 class BootstrapResult(NamedTuple):

@@ -20,9 +20,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import _sort_ranks
+from .io.values import sort_ids
 
-__all__ = ["Store", "StoredItem", "UserState", "MODALITIES"]
+__all__ = ["Store", "UserState", "MODALITIES"]
 
 MODALITIES = ("text", "image")
 DB_NAME = "mmrec.sqlite"
@@ -68,19 +68,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS text_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
 """
 _TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    """One catalogue item as stored: ``modalities`` lists which features exist (``"text"``, ``"image"``)."""
-
-    item_id: str
-    title: str
-    text: str
-    image_ref: str | None
-    text_hash: str | None
-    image_hash: str | None
-    modalities: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -198,18 +185,6 @@ class Store:
                     "INSERT INTO features (item_id, modality, encoder, vector) VALUES (?, ?, ?, ?)",
                     [(row["item_id"], m, enc, _blob(v)) for m, (enc, v) in row["features"].items()],
                 )
-
-    def get_item(self, item_id: str | int) -> StoredItem:
-        item_id = str(item_id)
-        row = self._db.execute(
-            "SELECT item_id, title, text, image_ref, text_hash, image_hash FROM items WHERE item_id = ?", (item_id,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"item_id {item_id!r} is not in the store {self.path}")
-        modalities = tuple(
-            m for (m,) in self._db.execute("SELECT modality FROM features WHERE item_id = ? ORDER BY modality", (item_id,))
-        )
-        return StoredItem(*row, modalities=modalities)
 
     def item_ids(self) -> list[str]:
         """Every stored item id, in the project's id order (:func:`sort_ids`)."""
@@ -392,10 +367,3 @@ class Store:
     def cache_texts(self, entries: dict[str, np.ndarray]) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO text_cache VALUES (?, ?)", [(k, _blob(v)) for k, v in entries.items()])
-
-
-def sort_ids(ids: Iterable[str]) -> list[str]:
-    """The project's id order (numbers first, numerically, then strings; see :func:`mmrec.data._sort_ranks`): the
-    order training and evaluation break equal-time ties in, whatever other ids the store holds."""
-    ids = list(ids)
-    return [ids[i] for i in np.argsort(_sort_ranks(ids))]

@@ -1,42 +1,26 @@
-"""ID-only baselines (popularity, BPR, GRU4Rec, SASRec) sharing one interface and one training loop.
+"""ID-only baselines (popularity, BPR, GRU4Rec, SASRec): networks on the contract every mmrec model shares
+(:mod:`mmrec.baselines.base`); :func:`mmrec.train.baselines.fit_baseline` trains them.
 
 Example::
 
-    from mmrec.baselines import build_baseline, fit, TrainConfig
+    from mmrec.baselines import build_baseline
+    from mmrec.train.baselines import BaselineTrainConfig, fit_baseline
     model = build_baseline("sasrec", split)
-    result = fit(model, split, TrainConfig(epochs=200))
+    result = fit_baseline(model, split, BaselineTrainConfig(epochs=200))
 """
 
 from __future__ import annotations
 
-from mmrec.baselines.base import BaselineModel, SequentialBaseline, TrainingData
-from mmrec.baselines.bpr import BPR, BPRConfig, PairBatch, PairData
-from mmrec.baselines.gru4rec import GRU4Rec, GRU4RecConfig
-from mmrec.baselines.popularity import Popularity
-from mmrec.baselines.sasrec import SASRec, SASRecConfig
-from mmrec.baselines.train import EpochLog, FitResult, TrainConfig, fit, seed_everything
-from mmrec.data import Split
+from ..data.split import Split
+from .base import BaselineModel, SequentialBaseline
+from .bpr import BPR, BPRConfig, PairBatch, PairData
+from .gru4rec import GRU4Rec, GRU4RecConfig
+from .popularity import Popularity
+from .sasrec import SASRec, SASRecConfig
 
 __all__ = [
-    "BASELINES",
-    "BPR",
-    "BPRConfig",
-    "BaselineModel",
-    "EpochLog",
-    "FitResult",
-    "GRU4Rec",
-    "GRU4RecConfig",
-    "PairBatch",
-    "PairData",
-    "Popularity",
-    "SASRec",
-    "SASRecConfig",
-    "SequentialBaseline",
-    "TrainConfig",
-    "TrainingData",
-    "build_baseline",
-    "fit",
-    "seed_everything",
+    "BASELINES", "BPR", "BPRConfig", "BaselineModel", "GRU4Rec", "GRU4RecConfig", "PairBatch", "PairData",
+    "Popularity", "SASRec", "SASRecConfig", "SequentialBaseline", "build_baseline",
 ]
 
 BASELINES: tuple[str, ...] = ("pop", "bpr", "gru4rec", "sasrec")
@@ -44,7 +28,7 @@ BASELINES: tuple[str, ...] = ("pop", "bpr", "gru4rec", "sasrec")
 
 
 def build_baseline(name: str, split: Split) -> BaselineModel:
-    """A baseline with its default config, sized for ``split`` (call ``seed_everything`` first to fix init)."""
+    """A baseline with its default config, sized for ``split`` (seed torch first to fix its initial weights)."""
     key = name.strip().lower()
     if key == "pop":
         return Popularity(split.n_items)

@@ -1,12 +1,15 @@
-"""The interface every baseline implements (RecBole style) and the shared next-item cross-entropy model.
+"""The contract every model implements (RecBole style) and the shared next-item cross-entropy model.
 
-A baseline is an ``nn.Module`` with:
+Every model in mmrec, the ID-only baselines here and :class:`mmrec.networks.model.MultimodalRecommender`, is an
+``nn.Module`` with:
 
-- ``training_data(split)``: built once per fit; its ``batches(batch_size, rng)`` yields one epoch of batches;
-- ``loss(batch) -> ()`` scalar to minimise;
-- ``full_sort_scores(batch: SequenceBatch, user_index: (B,)) -> (B, n_items)``, the ``score_fn`` of
-  :func:`mmrec.evaluation.evaluate`;
-- ``max_len``: the context length it reads at evaluation (``None``: it ignores the sequence).
+- ``loss(batch: SequenceBatch) -> ()`` scalar to minimise;
+- ``scores(batch: SequenceBatch, exclude: (B, n_items) bool | None) -> (B, n_items)`` over the whole catalogue,
+  what :func:`mmrec.evaluation.evaluate` ranks (``batch.users`` holds the users' split positions);
+- ``max_len``: the context length it reads (``None``: it ignores the sequence).
+
+A baseline also builds its own training batches: ``training_data(split)``, once per fit, whose
+``batches(batch_size, rng)`` yields one epoch of them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.data import SequenceBatch, Split, Windows, training_windows
+from ..data.batch import SequenceBatch, Windows, training_windows
+from ..data.split import Split
 
-__all__ = ["BaselineModel", "SequentialBaseline", "TrainingData"]
+__all__ = ["BaselineModel", "Batches", "SequentialBaseline"]
 
 
-class TrainingData(Protocol):
+class Batches(Protocol):
     """One epoch of training batches per call; each batch has ``.to(device)``."""
 
     def __len__(self) -> int: ...
@@ -36,7 +40,7 @@ class TrainingData(Protocol):
 class BaselineModel(nn.Module, abc.ABC):
     """Base class of the ID-only baselines.
 
-    Class attributes: ``trainable`` (False: :func:`~mmrec.baselines.train.fit` only calls :meth:`prepare`),
+    Class attributes: ``trainable`` (False: :func:`mmrec.train.baselines.fit_baseline` only calls :meth:`prepare`),
     ``default_batch_size`` (training batch size when the train config leaves it unset).
     """
 
@@ -47,7 +51,7 @@ class BaselineModel(nn.Module, abc.ABC):
     def prepare(self, split: Split) -> None:
         """Set any statistic computed from the training data (called by ``fit`` before training)."""
 
-    def training_data(self, split: Split) -> TrainingData:
+    def training_data(self, split: Split) -> Batches:
         """Training batches source, built once per fit (only for ``trainable`` models)."""
         raise TypeError(f"{type(self).__name__} is not trained by gradient descent")
 
@@ -56,16 +60,17 @@ class BaselineModel(nn.Module, abc.ABC):
         raise TypeError(f"{type(self).__name__} has no training loss")
 
     @abc.abstractmethod
-    def full_sort_scores(self, batch: SequenceBatch, user_index: torch.Tensor) -> torch.Tensor:
-        """Scores of every catalogue item: ``(B, L) context, (B,) users -> (B, n_items)``."""
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every catalogue item: ``(B, L) context -> (B, n_items)``; baselines rank every item, so
+        ``exclude`` changes nothing."""
 
 
 class SequentialBaseline(BaselineModel):
-    """Next-item model trained with cross-entropy over all items on :func:`~mmrec.data.training_windows`.
+    """Next-item model trained with cross-entropy over all items on :func:`~mmrec.data.batch.training_windows`.
 
     Subclasses implement :meth:`encode` ``(B, L) -> (B, L, D)`` (position ``j`` sees only positions ``<= j``)
     and :meth:`item_vectors` ``-> (n_items, D)``; the score of item ``i`` after position ``j`` is their dot
-    product.
+    product. Contexts are read padded to ``max_len`` positions, as the training windows are.
     """
 
     default_batch_size: ClassVar[int] = 64  # windows of up to 50 targets: ~2,300 target positions a batch
@@ -93,12 +98,14 @@ class SequentialBaseline(BaselineModel):
 
     def loss(self, batch: SequenceBatch) -> torch.Tensor:
         """Mean cross-entropy over every target position of the windows."""
-        mask = batch.target_mask  # (B, L)
+        targets = batch.next_targets  # (B, L)
+        mask = targets != batch.n_items
         hidden = self.encode(batch)[mask]  # (P, D), P target positions
         logits = hidden @ self.item_vectors().T  # (P, n_items)
-        return F.cross_entropy(logits, batch.targets[mask])
+        return F.cross_entropy(logits, targets[mask])
 
-    def full_sort_scores(self, batch: SequenceBatch, user_index: torch.Tensor) -> torch.Tensor:
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        batch = batch.padded(self.max_len)
         hidden = self.encode(batch)  # (B, L, D)
         last = hidden[torch.arange(batch.batch_size, device=hidden.device), batch.lengths - 1]  # (B, D)
         return last @ self.item_vectors().T  # (B, n_items)

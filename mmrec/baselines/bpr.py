@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.baselines.base import BaselineModel
-from mmrec.data import SequenceBatch, Split
+from .base import BaselineModel
+from ..data.batch import SequenceBatch
+from ..data.split import Split
 
 __all__ = ["BPR", "BPRConfig", "PairBatch", "PairData"]
 
@@ -96,7 +97,7 @@ class BPR(BaselineModel):
     Example::
 
         model = BPR(split.n_users, split.n_items)
-        fit(model, split, TrainConfig(epochs=50))
+        fit_baseline(model, split, BaselineTrainConfig(epochs=50))
     """
 
     default_batch_size: ClassVar[int] = 2048
@@ -126,5 +127,5 @@ class BPR(BaselineModel):
         neg = (user * self.item_embedding(batch.negatives)).sum(-1)  # (B,)
         return -F.logsigmoid(pos - neg).mean()
 
-    def full_sort_scores(self, batch: SequenceBatch, user_index: torch.Tensor) -> torch.Tensor:
-        return self.user_embedding(user_index) @ self.item_embedding.weight.T  # (B, n_items)
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        return self.user_embedding(batch.users) @ self.item_embedding.weight.T  # (B, n_items)

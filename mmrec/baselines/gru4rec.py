@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmrec.baselines.base import SequentialBaseline
-from mmrec.data import SequenceBatch
+from .base import SequentialBaseline
+from ..data.batch import SequenceBatch
 
 __all__ = ["GRU4Rec", "GRU4RecConfig"]
 
@@ -44,7 +44,7 @@ class GRU4Rec(SequentialBaseline):
     Example::
 
         model = GRU4Rec(split.n_items)
-        fit(model, split, TrainConfig(epochs=100))
+        fit_baseline(model, split, BaselineTrainConfig(epochs=100))
     """
 
     def __init__(self, n_items: int, config: GRU4RecConfig | None = None) -> None:

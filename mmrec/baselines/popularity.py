@@ -11,8 +11,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mmrec.baselines.base import BaselineModel
-from mmrec.data import SequenceBatch, Split
+from .base import BaselineModel
+from ..data.batch import SequenceBatch
+from ..data.split import Split
 
 __all__ = ["Popularity"]
 
@@ -24,7 +25,7 @@ class Popularity(BaselineModel):
 
         pop = Popularity(split.n_items)
         pop.prepare(split)
-        evaluate(pop.full_sort_scores, split, "test")
+        evaluate(pop, build_behaviour(split), "test")
     """
 
     trainable: ClassVar[bool] = False
@@ -42,5 +43,5 @@ class Popularity(BaselineModel):
         counts = np.bincount(split.train.item, minlength=self.n_items)
         self.counts.copy_(torch.from_numpy(counts.astype(np.float32)))
 
-    def full_sort_scores(self, batch: SequenceBatch, user_index: torch.Tensor) -> torch.Tensor:
-        return self.counts[None, :].expand(len(user_index), -1)
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        return self.counts[None, :].expand(batch.batch_size, -1)

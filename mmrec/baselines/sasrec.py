@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.baselines.base import SequentialBaseline
-from mmrec.data import SequenceBatch
+from .base import SequentialBaseline
+from ..data.batch import SequenceBatch
 
 __all__ = ["SASRec", "SASRecConfig"]
 
@@ -79,7 +79,7 @@ class SASRec(SequentialBaseline):
     Example::
 
         model = SASRec(split.n_items)
-        fit(model, split, TrainConfig(epochs=200))
+        fit_baseline(model, split, BaselineTrainConfig(epochs=200))
     """
 
     def __init__(self, n_items: int, config: SASRecConfig | None = None) -> None:

@@ -1,58 +1,48 @@
 """The multimodal sequential recommender: fusion -> item vectors -> GRU interests -> MLP scorer.
 
-Implements the interface every model in mmrec shares (RecBole style): ``loss(batch)`` for training and
-``full_sort_scores(batch)`` for ranking the whole catalogue, plus ``item_vectors`` and the one-step ``advance``
-used for real-time interest updates. Weights save as safetensors with a JSON config (no pickles).
+It implements the contract every model in mmrec shares (RecBole's idea, see :mod:`mmrec.baselines.base`):
+``loss(batch)`` for training and ``scores(batch, exclude)`` over the whole catalogue, on
+:class:`mmrec.data.SequenceBatch`, once :meth:`MultimodalRecommender.bind` has given it the catalogue's item
+features. ``item_vectors`` and ``states`` serve real-time interest updates. Files: :mod:`mmrec.trained`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .behaviour import BehaviourBatch
-from .fusion import FusionConfig, ItemFusion
+from ..data.batch import SequenceBatch
+from ..features import ItemFeatures
+from ..fusion import FusionConfig, ItemFusion
 from .interest import InterestConfig, InterestModel
 from .scorer import MLPScorer, ScorerConfig
 
-__all__ = ["ItemFeatures", "ModelConfig", "MultimodalRecommender", "ModelLoadError"]
+__all__ = ["ModelConfig", "MultimodalRecommender", "NewItemPolicy"]
 
 
 # Similarities computed at once when new items look for their nearest trained items (64 MiB of float32).
 _SIMILARITY_BLOCK = 1 << 24
 
+# Keys of the new-item policy inside saved model configs from before it was kept apart from the settings.
+_POLICY_KEYS = {"new_item_bias": "bias", "new_item_logit_bias": "logit_bias", "new_item_text_only": "text_only",
+                "new_item_neighbours": "neighbours", "new_item_slots": "slots"}
 
-class ModelLoadError(ValueError):
-    """A saved model cannot be used with this store (encoder mismatch, missing files...)."""
 
-
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network. ``use_text``/``use_image``/``use_id`` select the item signals
-    (ID only = a GRU4Rec-equivalent baseline); loss weights balance next-item cross-entropy (full softmax over the
-    items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with ``scorer_negatives``
-    random negatives each), the fusion's contrastive alignment and the cold-item loss: on ``cold_batch`` random
-    trained items, the content-only vector (ID hidden) regresses onto the item's full vector, so an item never seen
-    in training lands where a trained item with that content would, not in a region the interests never point at.
-    ``new_item_bias`` / ``new_item_logit_bias`` are added to the retrieval score / the re-ranker's logit of every
-    item not seen in training: neither stage ever ranked such items against trained ones, so their scores are not
-    on the same scale; training chooses both on validation (:func:`mmrec.training.calibrate_new_item_bias`), and
-    with them ``new_item_text_only``: outside training, an item not seen in training that has a text is built from
-    the text alone, its image ignored (on ml-latest-small's cold protocol posters made new items' vectors rank them
-    far worse among themselves), or ``new_item_neighbours`` > 0: such an item with a text takes the vectors of the
-    trained items whose texts are nearest its own instead (see :meth:`MultimodalRecommender.neighbour_vectors`).
-    ``new_item_slots`` > 0 instead guarantees new items exposure: in every ranking the last ``new_item_slots`` places
-    of the first ``new_item_slot_depth`` go to the best-scored new items (see
-    :meth:`MultimodalRecommender.place_new_items`); :func:`mmrec.training.calibrate_new_item_slots` chooses it."""
+    (ID only = a GRU4Rec-equivalent baseline); ``max_len`` is how many recent events the GRU reads, in training
+    windows, evaluation contexts and served users alike. Loss weights balance next-item cross-entropy (full
+    softmax over the items seen in training), the re-ranker's loss (on ``scorer_targets`` sampled targets, with
+    ``scorer_negatives`` random negatives each), the fusion's contrastive alignment and the cold-item loss: on
+    ``cold_batch`` random trained items, the content-only vector (ID hidden) regresses onto the item's full vector,
+    so an item never seen in training lands where a trained item with that content would, not in a region the
+    interests never point at. ``new_item_neighbour_temperature`` and ``new_item_slot_depth`` shape the ways of
+    ranking new items that training may choose (:class:`NewItemPolicy`). Training sizes the fusion, interest and
+    scorer configs from the data (``n_items``, feature widths, events)."""
 
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
@@ -60,6 +50,7 @@ class ModelConfig:
     use_text: bool = True
     use_image: bool = True
     use_id: bool = True
+    max_len: int = 50
     scorer_weight: float = 0.2
     alignment_weight: float = 0.1
     cold_weight: float = 1.0
@@ -67,30 +58,25 @@ class ModelConfig:
     scorer_targets: int = 512
     alignment_batch: int = 512
     cold_batch: int = 2048
-    new_item_bias: float = 0.0
-    new_item_logit_bias: float = 0.0
-    new_item_text_only: bool = False
-    new_item_neighbours: int = 0
     new_item_neighbour_temperature: float = 0.05
-    new_item_slots: int = 0
     new_item_slot_depth: int = 20
 
     def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         if self.new_item_slot_depth < 1:
             raise ValueError(f"new_item_slot_depth must be >= 1, got {self.new_item_slot_depth}")
-        if self.new_item_neighbours < 0 or self.new_item_neighbour_temperature <= 0:
-            raise ValueError(f"new_item_neighbours must be >= 0 and new_item_neighbour_temperature > 0, got "
-                             f"{self.new_item_neighbours} and {self.new_item_neighbour_temperature}")
-        if not 0 <= self.new_item_slots <= self.new_item_slot_depth:
-            raise ValueError(f"new_item_slots must be in [0, new_item_slot_depth={self.new_item_slot_depth}], "
-                             f"got {self.new_item_slots}")
+        if self.new_item_neighbour_temperature <= 0:
+            raise ValueError(f"new_item_neighbour_temperature must be > 0, got {self.new_item_neighbour_temperature}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        data = dict(data)
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """The config of :meth:`to_dict`; keys of the new-item policy that older saves kept here are ignored (see
+        :meth:`NewItemPolicy.from_dict`)."""
+        data = {k: v for k, v in data.items() if k not in _POLICY_KEYS}
         return cls(
             fusion=FusionConfig(**data.pop("fusion")),
             interest=InterestConfig(**data.pop("interest")),
@@ -99,38 +85,57 @@ class ModelConfig:
         )
 
 
-@dataclass
-class ItemFeatures:
-    """Stored encoder features of ``N`` items, aligned with the model's item order.
+@dataclass(frozen=True)
+class NewItemPolicy:
+    """How items not seen in training are built and ranked: learned state, chosen on validation after training
+    (:mod:`mmrec.train.calibration`) and saved with the trained model, never a setting.
 
-    ``text (N, 384)``, ``image (N, 1280)`` float32; ``present (N, 2)`` bool (text, image); ``id_index (N,)`` long
-    into the ID embedding; ``known (N,)`` bool: the item was seen in training, so its ID token may be used.
+    - ``bias`` / ``logit_bias``: added to the retrieval score / the re-ranker's logit of every such item: neither
+      stage ever ranked them against trained ones, so their scores are not on the same scale.
+    - ``text_only``: such an item that has a text is built from the text alone, its image ignored (on
+      ml-latest-small's cold protocol posters made new items' vectors rank them far worse among themselves).
+    - ``neighbours`` > 0: such an item with a text takes the vectors of the trained items whose texts are nearest
+      its own instead (see :meth:`MultimodalRecommender.neighbour_vectors`).
+    - ``slots`` > 0: in every ranking the last ``slots`` places of the first ``ModelConfig.new_item_slot_depth``
+      go to the best-scored new items (see :meth:`MultimodalRecommender.place_new_items`).
     """
 
-    text: torch.Tensor
-    image: torch.Tensor
-    present: torch.Tensor
-    id_index: torch.Tensor
-    known: torch.Tensor
+    bias: float = 0.0
+    logit_bias: float = 0.0
+    text_only: bool = False
+    neighbours: int = 0
+    slots: int = 0
 
-    def __len__(self) -> int:
-        return int(self.present.shape[0])
+    def __post_init__(self) -> None:
+        if self.neighbours < 0 or self.slots < 0:
+            raise ValueError(f"neighbours and slots must be >= 0, got {self.neighbours} and {self.slots}")
 
-    def to(self, device: torch.device | str) -> "ItemFeatures":
-        return ItemFeatures(*(t.to(device) for t in (self.text, self.image, self.present, self.id_index, self.known)))
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-    def take(self, index: torch.Tensor) -> "ItemFeatures":
-        return ItemFeatures(*(t[index] for t in (self.text, self.image, self.present, self.id_index, self.known)))
+    @classmethod
+    def from_dict(cls, data: dict) -> NewItemPolicy:
+        """A policy from :meth:`to_dict`, or from a saved model config of older saves (``new_item_*`` keys)."""
+        if any(k in data for k in _POLICY_KEYS):
+            data = {_POLICY_KEYS[k]: v for k, v in data.items() if k in _POLICY_KEYS}
+        return cls(**data)
 
 
 class MultimodalRecommender(nn.Module):
     """Fusion + interest GRU + scorer.
 
-    Shapes: ``item_vectors(features) -> (N, D)``; ``interests(batch, V) -> (B, D)`` for the state after each row's
-    last event; ``full_sort_scores(batch, V) -> (B, N)``; ``loss(batch, features) -> (scalar, {part: float})``.
+    Shapes: ``item_vectors() -> (N, D)``; ``interests(batch, V) -> (B, D)`` for the state after each row's last
+    event; ``scores(batch, exclude) -> (B, N)``; ``loss(batch) -> ()`` with its parts in ``loss_parts``.
+    ``new_items`` is the :class:`NewItemPolicy` in force (no lift, nothing reserved until training chooses one).
+
+    Example::
+
+        model = MultimodalRecommender(config).bind(features, text_table)
+        loss = model.loss(batch)                   # batch: SequenceBatch with targets (B, L + 1)
+        scores = model.eval().scores(context)      # (B, N)
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, new_items: NewItemPolicy | None = None) -> None:
         super().__init__()
         self.config = config
         if not (config.use_text or config.use_image or config.use_id):
@@ -138,31 +143,53 @@ class MultimodalRecommender(nn.Module):
         self.fusion = ItemFusion(config.fusion)
         self.interest_model = InterestModel(config.interest)
         self.scorer = MLPScorer(config.scorer)
+        self.new_items = new_items or NewItemPolicy()
+        self.features: ItemFeatures | None = None
+        self.text_table: torch.Tensor | None = None
+        self.loss_parts: dict[str, float] = {}
+
+    @property
+    def max_len(self) -> int:
+        """Events of history read per user (``ModelConfig.max_len``)."""
+        return self.config.max_len
+
+    def bind(self, features: ItemFeatures, text_table: torch.Tensor | None = None) -> MultimodalRecommender:
+        """Give the model the catalogue it ranks: item ``features`` (``N`` items) and the event-text vectors
+        ``text_table (T, text_dim)`` that batches' ``texts`` index, both on the model's device. Not saved with the
+        weights: a served model binds the store's current items. Returns the model."""
+        self.features, self.text_table = features, text_table
+        return self
+
+    def _bound(self) -> ItemFeatures:
+        if self.features is None:
+            raise RuntimeError("MultimodalRecommender: call bind(features, text_table) before loss or scores")
+        return self.features
 
     # -- items -------------------------------------------------------------------------------------------------
-    def item_vectors(self, features: ItemFeatures) -> torch.Tensor:
-        """``(N, D)`` fused vectors of the given items."""
+    def item_vectors(self, features: ItemFeatures | None = None) -> torch.Tensor:
+        """``(N, D)`` fused vectors of ``features`` (default: the bound catalogue)."""
         c = self.config
+        features = self._bound() if features is None else features
         present = features.present.clone()
         present[:, 0] &= c.use_text
         present[:, 1] &= c.use_image
-        if c.new_item_text_only and not self.training:  # training's content-only vectors keep every modality
+        if self.new_items.text_only and not self.training:  # training's content-only vectors keep every modality
             present[:, 1] &= features.known | ~present[:, 0]
         vectors = self.fusion(
-            features.text if c.use_text else None,
-            features.image if c.use_image else None,
+            _at_width(features.text, c.fusion.text_dim, "text") if c.use_text else None,
+            _at_width(features.image, c.fusion.image_dim, "image") if c.use_image else None,
             present,
             features.id_index if c.use_id else None,
             features.known if c.use_id else None,
         )
-        if c.new_item_neighbours and c.use_text and not self.training:
+        if self.new_items.neighbours and c.use_text and not self.training:
             vectors = self.neighbour_vectors(features, vectors)
         return vectors
 
     def neighbour_vectors(self, features: ItemFeatures, vectors: torch.Tensor) -> torch.Tensor:
         """``(N, D)`` ``vectors`` where every item not seen in training that has a text takes the softmax-weighted
         (``config.new_item_neighbour_temperature`` over cosine similarity) mean of the vectors of the
-        ``config.new_item_neighbours`` trained items with the most similar text encoder features, scaled to the
+        ``new_items.neighbours`` trained items with the most similar text encoder features, scaled to the
         trained items' mean vector norm.
 
         Why: a trained item's vector carries what its users did with it, a new item's content-only vector only
@@ -177,7 +204,7 @@ class MultimodalRecommender(nn.Module):
             return vectors
         text = F.normalize(features.text, dim=1)
         source_text, source_vectors = text[source], vectors[source]
-        k = min(c.new_item_neighbours, len(source))
+        k = min(self.new_items.neighbours, len(source))
         scale = source_vectors.norm(dim=1).mean()
         out = vectors.clone()
         # (chunk, sources) similarities at a time: a large catalogue's full matrix would not fit in memory
@@ -203,7 +230,7 @@ class MultimodalRecommender(nn.Module):
             text = text_table[texts.clamp(min=0)]
         return self.interest_model.event_inputs(padded[items], events, gaps, text, has_text)
 
-    def states(self, batch: BehaviourBatch, vectors: torch.Tensor, state: torch.Tensor | None = None,
+    def states(self, batch: SequenceBatch, vectors: torch.Tensor, state: torch.Tensor | None = None,
                text_table: torch.Tensor | None = None):
         """GRU states ``(B, L, H)`` and last states ``(B, H)``, starting from ``state (B, H)`` (default: the
         learned initial state); rows with no events keep their starting state."""
@@ -218,7 +245,7 @@ class MultimodalRecommender(nn.Module):
             out = out.masked_fill(empty[:, None, None], 0.0)
         return out, last
 
-    def interests(self, batch: BehaviourBatch, vectors: torch.Tensor, text_table: torch.Tensor | None = None):
+    def interests(self, batch: SequenceBatch, vectors: torch.Tensor, text_table: torch.Tensor | None = None):
         """``(B, D)`` interest vectors after each row's events (from the initial state)."""
         _, last = self.states(batch, vectors, text_table=text_table)
         return self.interest_model.interest(last)
@@ -228,28 +255,31 @@ class MultimodalRecommender(nn.Module):
                new_items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``(B, N)`` where the top ``rerank`` items by dot product are ordered by the MLP and placed above
         every other item; the rest keep their dot-product order. ``new_items (N,)`` bool: items whose logits get
-        ``config.new_item_logit_bias``."""
+        the policy's ``logit_bias``."""
         k = min(self.config.scorer.rerank, dot.shape[1])
         if k == 0:
             return dot
         top = dot.topk(k, dim=1).indices  # (B, k)
         logits = self.scorer.logits(interest, vectors[top])
-        if new_items is not None and self.config.new_item_logit_bias:
-            logits = logits + self.config.new_item_logit_bias * new_items[top].to(logits.dtype)
+        if new_items is not None and self.new_items.logit_bias:
+            logits = logits + self.new_items.logit_bias * new_items[top].to(logits.dtype)
         offset = dot.max() - logits.min() + 1.0
         candidates = dot.gather(1, top)
         # with fewer rankable items than `rerank`, masked (-inf) items are among the top k: they stay masked
         return dot.scatter(1, top, torch.where(candidates == float("-inf"), candidates, logits + offset))
 
-    def full_sort_scores(self, batch: BehaviourBatch, vectors: torch.Tensor, exclude: torch.Tensor | None = None,
-                         text_table: torch.Tensor | None = None, new_items: torch.Tensor | None = None):
-        """``(B, N)`` ranking scores over every item; ``exclude (B, N)`` bool masks items before re-ranking so the
-        MLP spends its candidates on rankable items; ``new_items (N,)`` bool marks items not seen in training,
-        whose retrieval scores get ``config.new_item_bias``."""
-        interest = self.interests(batch, vectors, text_table)
+    def scores(self, batch: SequenceBatch, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, N)`` ranking scores over every bound item; ``exclude (B, N)`` bool masks items before re-ranking so
+        the MLP spends its candidates on rankable items. Items not seen in training are ranked by the
+        :class:`NewItemPolicy`: their retrieval scores get its ``bias``, their logits its ``logit_bias``, and its
+        ``slots`` places are theirs."""
+        features = self._bound()
+        vectors = self.item_vectors(features)
+        new_items = ~features.known
+        interest = self.interests(batch, vectors, self.text_table)
         dot = interest @ vectors.T
-        if new_items is not None and self.config.new_item_bias:
-            dot = dot + self.config.new_item_bias * new_items.to(dot.dtype)
+        if self.new_items.bias:
+            dot = dot + self.new_items.bias * new_items.to(dot.dtype)
         if exclude is not None:
             dot = dot.masked_fill(exclude, float("-inf"))
         return self.place_new_items(self.rerank(interest, vectors, dot, new_items), new_items)
@@ -260,14 +290,14 @@ class MultimodalRecommender(nn.Module):
         and the next ``slots`` places the best new items (``new_items (N,)`` bool), by ``scores``; every other item
         follows in its own order, and ``-inf`` (excluded) stays ``-inf``. A row with too few rankable new (trained)
         items fills the rest of the ``depth`` places with trained (new) ones in their order. ``slots``, ``depth``:
-        by default the config's ``new_item_slots``, ``new_item_slot_depth``; 0 slots or no new items returns
+        by default the policy's ``slots`` and the config's ``new_item_slot_depth``; 0 slots or no new items returns
         ``scores`` unchanged. Ties are broken by ``topk``'s order: a model that scores every new item the same (ID
         only) fills its places with arbitrary ones.
 
         Why places at the end of the list: trained items keep their order and new items leave the first
         ``depth - slots`` places, so wherever new items rarely reach the top anyway NDCG@10 barely moves, and every
         list holds new items, where an additive lift lets them in wherever their lifted score lands."""
-        slots = self.config.new_item_slots if slots is None else slots
+        slots = self.new_items.slots if slots is None else slots
         depth = self.config.new_item_slot_depth if depth is None else depth
         if not slots or new_items is None or not bool(new_items.any()):
             return scores
@@ -286,13 +316,13 @@ class MultimodalRecommender(nn.Module):
         return placed
 
     # -- training ----------------------------------------------------------------------------------------------
-    def loss(self, batch: BehaviourBatch, features: ItemFeatures, text_table: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: SequenceBatch) -> torch.Tensor:
         """Next-item cross-entropy over every item seen in training (full softmax) + the re-ranker's loss +
-        text-image alignment + the cold-item loss."""
+        text-image alignment + the cold-item loss; each part's value is left in ``loss_parts``."""
         c = self.config
+        features = self._bound()
         vectors = self.item_vectors(features)  # (N, D)
-        out, _ = self.states(batch, vectors, text_table=text_table)
+        out, _ = self.states(batch, vectors, text_table=self.text_table)
         b = out.shape[0]
         start = self.interest_model.initial(b).unsqueeze(1)
         all_states = torch.cat([start, out], dim=1)  # (B, L+1, H): column j predicts targets[:, j]
@@ -320,7 +350,8 @@ class MultimodalRecommender(nn.Module):
                 align = self.fusion.alignment_loss(features.text[pick], features.image[pick])
                 total = total + c.alignment_weight * align
                 parts["alignment"] = align.item()
-        return total, parts
+        self.loss_parts = parts
+        return total
 
     def _cold_loss(self, features: ItemFeatures, vectors: torch.Tensor) -> torch.Tensor:
         """Mean squared error between content-only vectors ``(K, D)`` of ``cold_batch`` random trained items with
@@ -365,63 +396,13 @@ class MultimodalRecommender(nn.Module):
         scores = self.scorer.logits(interest, vectors[candidates])
         return total + F.binary_cross_entropy_with_logits(scores, labels)
 
-    # -- persistence -------------------------------------------------------------------------------------------
-    def save(self, folder: Path, extra: dict) -> None:
-        """``model.safetensors`` + ``config.json`` (the model config, the weights' SHA-256 and ``extra``: item ids,
-        event vocabulary, encoder versions...). Each is written to a temporary name and renamed; a crash between
-        the two renames leaves new weights beside the old config, which :meth:`load` detects by the hash. Both
-        files reach the disk before they replace the old ones, so a power cut cannot leave a renamed but empty
-        file in place of a model that was there."""
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
-        save_file(tensors, str(tmp_weights))
-        meta = {"model": self.config.to_dict(), "weights_sha256": _sha256(tmp_weights), **extra}
-        tmp_config.write_text(json.dumps(meta, indent=2))
-        _fsync(tmp_weights)
-        _fsync(tmp_config)
-        tmp_weights.replace(folder / "model.safetensors")
-        tmp_config.replace(folder / "config.json")
-        if os.name == "posix":  # the renames themselves live in the folder's entry; Windows cannot open a folder
-            _fsync(folder)
 
-    @classmethod
-    def load(cls, folder: Path) -> tuple["MultimodalRecommender", dict]:
-        config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-        if not config_path.is_file() or not weights_path.is_file():
-            raise ModelLoadError(f"no trained model in {folder} (run `mmrec train` first)")
-        try:
-            meta = json.loads(config_path.read_text())
-            config = ModelConfig.from_dict(meta["model"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{config_path} is not a model config ({exc!r}); retrain with `mmrec train`") from None
-        # Models saved before the hash was recorded have none; they load unchecked.
-        expected = meta.get("weights_sha256")
-        if expected is not None and _sha256(weights_path) != expected:
-            raise ModelLoadError(
-                f"{weights_path} does not belong to {config_path} (a save was interrupted between the two files?); "
-                "retrain with `mmrec train`")
-        model = cls(config)
-        try:
-            model.load_state_dict(load_file(str(weights_path)))
-        except (RuntimeError, OSError, SafetensorError) as exc:
-            raise ModelLoadError(f"{weights_path} does not fit {config_path}: {exc}") from None
-        model.eval()
-        return model, meta
-
-
-def _fsync(path: Path) -> None:
-    # Windows flushes only a file opened for writing (and cannot open a folder at all); POSIX takes either
-    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _at_width(features: torch.Tensor, width: int, modality: str) -> torch.Tensor:
+    """``features (N, F)`` as the fusion reads them, ``(N, width)``: a modality the store holds nothing for (``F`` =
+    0) is all zeros, masked out as absent, so the network's shape does not depend on which modalities a store has."""
+    if features.shape[1] == width:
+        return features
+    if features.shape[1] == 0:
+        return features.new_zeros((features.shape[0], width))
+    raise ValueError(f"{modality} features are {features.shape[1]} wide but the model reads {width}: the store was "
+                     "embedded with another encoder than the model was trained on; retrain or re-embed")

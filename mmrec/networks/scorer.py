@@ -18,7 +18,7 @@ from torch import nn
 __all__ = ["ScorerConfig", "MLPScorer"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScorerConfig:
     """``dim``: interest/item vector size ``D``; ``hidden``: MLP width; ``rerank``: candidates re-ranked by the
     MLP after dot-product retrieval (0 = rank by the dot product alone)."""

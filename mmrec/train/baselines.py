@@ -1,10 +1,10 @@
-"""One training loop for every baseline: Adam, early stopping on validation NDCG@10, best weights kept.
+"""The baselines' training loop: Adam, early stopping on validation NDCG@10, best weights kept (RecBole's trainer).
 
 Example::
 
     seed_everything(2020)
     model = SASRec(split.n_items)
-    result = fit(model, split, TrainConfig(epochs=200, patience=10))
+    result = fit_baseline(model, split, BaselineTrainConfig(epochs=200, patience=10))
     result.best_epoch, result.best_valid.metrics["ndcg@10"], result.seconds_per_epoch
 """
 
@@ -20,22 +20,18 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mmrec.baselines.base import BaselineModel
-from mmrec.data import Split
-from mmrec.evaluation import EvalResult, evaluate
+from ..baselines.base import BaselineModel
+from ..data.behaviour import build_behaviour
+from ..data.split import Split
+from ..evaluation import EvalResult, evaluate
 
-__all__ = ["EpochLog", "FitResult", "TrainConfig", "fit", "seed_everything"]
+__all__ = ["BaselineFit", "BaselineTrainConfig", "EpochLog", "fit_baseline"]
 
 logger = logging.getLogger(__name__)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) — call before building a model so its initial weights are reproducible."""
-    torch.manual_seed(seed)
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class BaselineTrainConfig:
     """Training options (RecBole's defaults where it has one).
 
     - ``epochs``: at most this many epochs.
@@ -88,8 +84,8 @@ class EpochLog:
 
 
 @dataclass(frozen=True)
-class FitResult:
-    """Outcome of :func:`fit`; the model holds the weights of ``best_epoch`` afterwards.
+class BaselineFit:
+    """Outcome of :func:`fit_baseline`; the model holds the weights of ``best_epoch`` afterwards.
 
     ``seconds_per_epoch`` is the mean training time of an epoch (validation excluded); ``train_seconds`` the
     whole fit, validation included. ``best_epoch`` is 0 for models without training.
@@ -110,7 +106,7 @@ class FitResult:
         return float(np.mean([h.train_seconds for h in self.history])) if self.history else 0.0
 
 
-def fit(model: BaselineModel, split: Split, config: TrainConfig | None = None) -> FitResult:
+def fit_baseline(model: BaselineModel, split: Split, config: BaselineTrainConfig | None = None) -> BaselineFit:
     """Train ``model`` on ``split``'s training part, early-stopping on validation NDCG@10.
 
     Each epoch runs once over ``model.training_data(split)`` with Adam, then evaluates the validation stage
@@ -118,7 +114,7 @@ def fit(model: BaselineModel, split: Split, config: TrainConfig | None = None) -
     back at the end; the model is left in eval mode. Models with ``trainable = False`` are only
     ``prepare``-d and validated. Raises ``FloatingPointError`` if the loss becomes NaN/inf.
     """
-    config = config or TrainConfig()
+    config = config or BaselineTrainConfig()
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -128,27 +124,20 @@ def fit(model: BaselineModel, split: Split, config: TrainConfig | None = None) -
         torch.set_num_threads(threads)
 
 
-def _fit(model: BaselineModel, split: Split, config: TrainConfig) -> FitResult:
+def _fit(model: BaselineModel, split: Split, config: BaselineTrainConfig) -> BaselineFit:
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model.to(device)
     start = time.perf_counter()
     model.prepare(split)
+    sequences = build_behaviour(split)
 
     def validate() -> EvalResult:
-        model.eval()
-        return evaluate(
-            model.full_sort_scores,
-            split,
-            "valid",
-            batch_size=config.eval_batch_size,
-            max_len=model.max_len,
-            device=device,
-        )
+        return evaluate(model, sequences, "valid", batch_size=config.eval_batch_size, device=device)
 
     if not model.trainable:
-        return FitResult(best_epoch=0, best_valid=validate(), train_seconds=time.perf_counter() - start)
+        return BaselineFit(best_epoch=0, best_valid=validate(), train_seconds=time.perf_counter() - start)
 
     data = model.training_data(split)
     batch_size = config.batch_size or model.default_batch_size
@@ -194,7 +183,7 @@ def _fit(model: BaselineModel, split: Split, config: TrainConfig) -> FitResult:
     assert best_state is not None and best_valid is not None  # at least one epoch ran
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(
+    return BaselineFit(
         best_epoch=best_epoch,
         best_valid=best_valid,
         history=history,

@@ -19,20 +19,19 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .behaviour import BehaviourBatch
-from .data import _INT64_LIMIT
-from .encoders.preprocess import clean_behaviour_texts
-from .interest import gap_buckets
-from .model import ItemFeatures, ModelLoadError, MultimodalRecommender
-from .store import Store, UserState
-from .training import TEXT_COLUMNS, embed_event_texts, item_features
+from ..encoders.precision import resolve_device
+from ..encoders.preprocess import clean_behaviour_texts
+from ..folding import EventFolder
+from ..io.values import id_string, unix_seconds
+from ..store import Store, UserState
+from ..trained import MODEL_DIR, TrainedModel, check_encoders
 
 __all__ = ["Recommender", "Event"]
 
@@ -40,81 +39,49 @@ __all__ = ["Recommender", "Event"]
 Event = tuple
 
 
-def _id_string(value, name: str) -> str:
-    """An id as the store spells it: strings pass, integers (``1210``, ``np.int64(1210)``) become ``"1210"``."""
-    if isinstance(value, str) and value != "":
-        return value
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return str(int(value))
-    raise ValueError(f"{name} must be a non-empty string or an integer, got {value!r}")
-
-
-def _unix_seconds(value, name: str) -> int:
-    """``value`` as int64 unix seconds; fractions of a second are floored, as training reads timestamps."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        seconds = int(value)
-    elif isinstance(value, (numbers.Real, str)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        seconds = math.floor(number) if math.isfinite(number) else None
-    else:
-        seconds = None
-    if seconds is None or not -_INT64_LIMIT <= seconds < _INT64_LIMIT:
-        raise ValueError(f"{name} must be finite unix seconds within the int64 range, got {value!r}")
-    return seconds
-
-
 class Recommender:
     """A trained model bound to its store. Build with :meth:`load`."""
 
-    def __init__(self, store: Store, model: MultimodalRecommender, meta: dict, device: torch.device) -> None:
+    def __init__(self, store: Store, trained: TrainedModel, device: torch.device) -> None:
         self.store = store
-        self.model = model
-        self.meta = meta
+        self.trained = trained
+        self.model = trained.network.to(device)
+        self.meta = trained.meta
         self.device = device
-        self.model_id: str = meta["model_id"]
-        self.event_names: tuple[str, ...] = tuple(meta["event_names"])
-        self._event_rank = {name: i for i, name in enumerate(self.event_names)}
-        # Models saved before this was recorded: context events were named after their text column
-        self.interaction_events: tuple[str, ...] = tuple(meta.get("interaction_events") or [
-            e for e in self.event_names if e not in TEXT_COLUMNS] or self.event_names)
+        self.model_id: str = trained.model_id
+        self.event_names: tuple[str, ...] = trained.event_names
+        self.interaction_events: tuple[str, ...] = trained.interaction_events
         #: events read by their text (the context events training had, e.g. ``"tag"``)
-        self.text_events: tuple[str, ...] = tuple(e for e in self.event_names if e not in self.interaction_events)
-        self.default_event: str = meta.get("default_event", self.event_names[0])
-        self.max_len: int = meta["train"]["max_len"]
-        self.n_gap_buckets = model.config.interest.n_gap_buckets
+        self.text_events: tuple[str, ...] = trained.text_events
+        self.default_event: str = trained.default_event
+        self.max_len: int = self.model.max_len
         self.item_ids: list[str] = store.item_ids()
-        self._position = {item_id: i for i, item_id in enumerate(self.item_ids)}
         self._item_index = pd.Index(self.item_ids)
-        features = model_item_features(store, self.item_ids, meta)
+        features = trained.item_features(store, self.item_ids)
         with torch.no_grad():
-            self.item_vectors = model.item_vectors(features.to(device))  # (N, D)
-        # Items the model never trained on get the validation-chosen lift, as in evaluation (see ModelConfig).
+            self.item_vectors = self.model.item_vectors(features.to(device))  # (N, D)
+        # Items the model never trained on are ranked by the validation-chosen policy, as in evaluation.
         self._new_items = (~features.known).to(device)  # (N,) bool
-        self._text_encoder = None
+        self.folder = EventFolder(store, self.model, self.item_ids, self.item_vectors, self.event_names, device)
 
     # -- loading -----------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, store: str | Path | Store, device: str = "auto") -> "Recommender":
-        """Open ``store`` and its trained model. Raises :class:`~mmrec.model.ModelLoadError` when there is no
+    def load(cls, store: str | Path | Store, device: str = "auto") -> Recommender:
+        """Open ``store`` and its trained model. Raises :class:`~mmrec.trained.ModelLoadError` when there is no
         model or the store's features were made by other encoders than the ones the model was trained on."""
-        from .encoders.precision import resolve_device
-
         store = store if isinstance(store, Store) else Store(store, create=False)
-        model, meta = MultimodalRecommender.load(store.path / "model")
-        check_encoders(meta.get("encoders", {}), store.encoders(), model)
-        device = resolve_device(device)
-        return cls(store, model.to(device), meta, device)
+        trained = TrainedModel.load(store.path / MODEL_DIR)
+        check_encoders(trained, store.encoders())
+        return cls(store, trained, resolve_device(device))
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _item_positions(self, item_ids: Iterable) -> torch.Tensor:
-        ids = [_id_string(i, "item id") for i in item_ids]
-        unknown = [i for i in ids if i not in self._position]
+        ids = [id_string(i, "item id") for i in item_ids]
+        position = self.folder.position
+        unknown = [i for i in ids if i not in position]
         if unknown:
             raise KeyError(f"unknown item id(s) {unknown[:10]}: not in the store (embed them first)")
-        return torch.tensor([self._position[i] for i in ids], dtype=torch.long, device=self.device)
+        return torch.tensor([position[i] for i in ids], dtype=torch.long, device=self.device)
 
     def _event_index(self, event: str | None) -> int:
         event = self.default_event if event is None else str(event)
@@ -122,70 +89,12 @@ class Recommender:
             raise ValueError(f"unknown event {event!r}; known events: {list(self.event_names)}")
         return self.event_names.index(event)
 
-    def _text_vectors(self, texts: list[str]) -> np.ndarray:
-        # A serving process loads the text encoder only for a text it has not seen: training cached every tag's.
-        if self._text_encoder is None:
-            try:
-                return embed_event_texts(self.store, texts, encode_missing=False)
-            except LookupError:
-                from .encoders.text import TextEncoder
-
-                self._text_encoder = TextEncoder()
-        return embed_event_texts(self.store, texts, self._text_encoder)
-
-    def _batch(self, sequences: Sequence[list[tuple]], previous: Sequence[int | None]) -> tuple[BehaviourBatch, torch.Tensor]:
-        """Pad per-user event lists ``(timestamp, item_id, event, text)`` into a batch; gaps of each first event
-        are measured from ``previous`` (the user's last folded-in timestamp, if any). Vectorised over all events."""
-        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        b, width = len(sequences), max(int(lengths.max(initial=0)), 1)
-        flat = [event for rows in sequences for event in rows]
-        stamps_flat = np.array([e[0] for e in flat], dtype=np.int64)
-        items_flat = self._item_index.get_indexer([e[1] for e in flat]).astype(np.int64)
-        events_flat = pd.Index(self.event_names).get_indexer([e[2] for e in flat]).astype(np.int64)
-        texts_flat = [e[3] for e in flat]
-        unique_texts = list(dict.fromkeys(t for t in texts_flat if t))
-        text_codes = pd.Index(unique_texts, dtype=object).get_indexer(texts_flat)  # "" -> -1: no text
-        row = np.repeat(np.arange(b), lengths)
-        col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        items = np.full((b, width), len(self.item_ids), np.int64)
-        events = np.zeros((b, width), np.int64)
-        stamps = np.zeros((b, width), np.int64)
-        texts = np.full((b, width), -1, np.int64)
-        items[row, col], events[row, col], stamps[row, col] = items_flat, events_flat, stamps_flat
-        texts[row, col] = text_codes
-        known_previous = np.array([p is not None for p in previous])
-        prev = np.array([p if p is not None else 0 for p in previous], np.int64)
-        first_gap = np.where(known_previous, stamps[:, 0] - prev, 0)
-        gaps = gap_buckets(np.concatenate([first_gap[:, None], np.diff(stamps, axis=1)], axis=1), self.n_gap_buckets)
-        table = (torch.from_numpy(self._text_vectors(list(unique_texts))) if len(unique_texts)
-                 else torch.zeros(0, 384))
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        batch = BehaviourBatch(items=t(items), events=t(events), gaps=t(gaps), texts=t(texts), lengths=t(lengths),
-                               users=t(np.arange(b)))
-        return batch, table.to(self.device)
-
-    @torch.no_grad()
-    def advance(self, sequences: Sequence[list[tuple]], states: torch.Tensor | None,
-                previous: Sequence[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fold each user's events into its state, all users at once: ``B`` event lists + states ``(B, H)``
-        (``None``: from the initial state) -> new states ``(B, H)`` and interests ``(B, D)``."""
-        batch, table = self._batch(sequences, previous)
-        _, last = self.model.states(batch, self.item_vectors, states, table)
-        return last, self.model.interest_model.interest(last)
-
-    def _sorted(self, rows: Iterable[tuple]) -> list[tuple]:
-        """Time order as in training (:func:`mmrec.behaviour.build_behaviour`): timestamp, interactions before text
-        events, then item id, text and event."""
-        # self._position follows the store's id order, which is the split's order for any two ids
-        return sorted(rows, key=lambda r: (r[0], r[3] != "", self._position.get(r[1], 0), r[3],
-                                           self._event_rank.get(r[2], 0)))
-
     def _user_interest(self, user_id: str) -> torch.Tensor:
         state = self.store.get_users([user_id]).get(user_id)
         if state is None or state.model != self.model_id:
             if state is not None:
                 # A state from an older model: recompute from the log rather than mix models.
-                self.rebuild([user_id])
+                self.folder.rebuild(self.model_id, [user_id])
                 state = self.store.get_users([user_id])[user_id]
             else:
                 with torch.no_grad():
@@ -198,8 +107,8 @@ class Recommender:
         for n, event in enumerate(history):
             if not isinstance(event, (tuple, list)) or len(event) not in (3, 4):
                 raise ValueError(f"history[{n}] must be (item_id, event, timestamp[, text]), got {event!r}")
-            item_id, name = _id_string(event[0], f"history[{n}] item_id"), event[1]
-            ts = _unix_seconds(event[2], f"history[{n}] timestamp")
+            item_id, name = id_string(event[0], f"history[{n}] item_id"), event[1]
+            ts = unix_seconds(event[2], f"history[{n}] timestamp")
             self._item_positions([item_id])
             self._event_index(name)
             text = event[3] if len(event) == 4 and isinstance(event[3], str) else ""  # None/NaN: no text
@@ -210,18 +119,12 @@ class Recommender:
             problem = self._text_problem(row[2], text)
             if problem:
                 raise ValueError(f"history[{n}]: {problem}")
-        window, previous = self._window(self._sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
+        window, previous = self.folder.window(self.folder.sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
         if not window:
             with torch.no_grad():
                 return self.model.interest_model.interest(self.model.interest_model.initial(1))[0]
-        _, interest = self.advance([window], None, [previous])
+        _, interest = self.folder.advance([window], None, [previous])
         return interest[0]
-
-    def _window(self, rows: list[tuple]) -> tuple[list[tuple], int | None]:
-        """The last ``max_len`` of time-ordered events, and the timestamp of the event before them (``None`` when
-        there is none): training measures the first event's time gap from it, not from nothing."""
-        window = rows[-self.max_len :]
-        return window, rows[-self.max_len - 1][0] if len(rows) > self.max_len else None
 
     # -- public API --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -236,7 +139,7 @@ class Recommender:
             raise ValueError("give exactly one of user_id or history")
         items = self._item_positions(item_ids)
         if history is None:
-            interest = self._user_interest(_id_string(user_id, "user_id"))
+            interest = self._user_interest(id_string(user_id, "user_id"))
         else:
             interest = self._history_interest(history)
         if len(items) == 0:
@@ -257,17 +160,17 @@ class Recommender:
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
-        user_id = _id_string(user_id, "user_id")
+        user_id = id_string(user_id, "user_id")
         interest = self._user_interest(user_id)
-        dot = self.item_vectors @ interest + self.model.config.new_item_bias * self._new_items.float()  # (N,)
+        dot = self.item_vectors @ interest + self.model.new_items.bias * self._new_items.float()  # (N,)
         if exclude_seen:
             seen = self.store.seen_items(user_id, self.interaction_events)
             if seen:
-                dot[self._item_positions(seen & self._position.keys())] = float("-inf")
+                dot[self._item_positions(seen & self.folder.position.keys())] = float("-inf")
         # the model's own re-ranking and new-item places: the order evaluation measures when k is the places' depth
         scores = self.model.rerank(interest[None], self.item_vectors, dot[None], self._new_items)
-        config = self.model.config
-        slots = math.floor(config.new_item_slots * k / config.new_item_slot_depth + 0.5)  # halves round up
+        depth = self.model.config.new_item_slot_depth
+        slots = math.floor(self.model.new_items.slots * k / depth + 0.5)  # halves round up
         scores = self.model.place_new_items(scores, self._new_items, slots, k)[0]
         top = scores.topk(min(k, int(torch.isfinite(scores).sum()))).indices
         probs = torch.sigmoid(self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0])
@@ -282,10 +185,10 @@ class Recommender:
         recomputing that user from the log. Stepping carries the whole history in the GRU state, while a recompute
         (and evaluation) reads the last ``max_len`` events: for users with longer histories the two differ
         slightly."""
-        user_id, item_id = _id_string(user_id, "user_id"), _id_string(item_id, "item_id")
+        user_id, item_id = id_string(user_id, "user_id"), id_string(item_id, "item_id")
         self._item_positions([item_id])
         name = self.event_names[self._event_index(event)]
-        ts = int(time.time()) if timestamp is None else _unix_seconds(timestamp, "timestamp")
+        ts = int(time.time()) if timestamp is None else unix_seconds(timestamp, "timestamp")
         row = (user_id, ts, item_id, name, clean_behaviour_texts([text])[0] if text else "")
         self.apply_events([row])
 
@@ -321,20 +224,21 @@ class Recommender:
             self.store.add_events(fresh)
             updates = []
             if step_users:
-                seqs = [self._sorted(by_user[u]) for u in step_users]
+                seqs = [self.folder.sorted(by_user[u]) for u in step_users]
                 starts = [stored.get(u) for u in step_users]
                 init = self.model.interest_model.initial(len(step_users)).detach().clone()
                 for i, s in enumerate(starts):
                     if s is not None:
                         init[i] = torch.from_numpy(s.state.copy())
-                h, interest = self.advance(seqs, init.to(self.device), [s.last_timestamp if s else None for s in starts])
+                h, interest = self.folder.advance(seqs, init.to(self.device),
+                                                  [s.last_timestamp if s else None for s in starts])
                 for i, u in enumerate(step_users):
                     n_before = starts[i].n_events if starts[i] else 0
                     updates.append(UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
                                              seqs[i][-1][0], n_before + len(seqs[i])))
             self.store.put_users(updates)
             if recompute:
-                self.rebuild(recompute)
+                self.folder.rebuild(self.model_id, recompute)
         return {"users": len(by_user), "applied": len(fresh), "duplicates": len(rows) - len(fresh),
                 "recomputed": len(recompute)}
 
@@ -355,7 +259,7 @@ class Recommender:
             n = int(np.argmax(events < 0))
             raise ValueError(f"rows[{n}]: unknown event {rows[n][3]!r}; known events: {list(self.event_names)}")
         # a text event must carry text and no other event may: one vectorised pass, the first offender is named
-        mismatched = np.isin(events, [self._event_rank[e] for e in self.text_events]) != np.array(
+        mismatched = np.isin(events, [self.folder.event_rank[e] for e in self.text_events]) != np.array(
             [bool(r[4]) for r in rows])
         if mismatched.any():
             n = int(np.argmax(mismatched))
@@ -376,71 +280,4 @@ class Recommender:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
         users when ``user_ids`` is None (after a retrain). Logged events of items the store no longer holds or of
         event kinds the model was not trained on are skipped. Returns the number of users rebuilt."""
-        ids = self.store.logged_users() if user_ids is None else list(dict.fromkeys(str(u) for u in user_ids))
-        rebuilt = 0
-        with self.store.transaction():
-            for start in range(0, len(ids), batch_users):
-                # one batch of logs in memory at a time: a full rebuild never holds the whole event log
-                logs = self.store.user_events(ids[start : start + batch_users])
-                chunk = [u for u in logs if logs[u]]
-                if not chunk:
-                    continue
-                # events the model cannot read are skipped: items no longer in the store, and event kinds it was
-                # not trained on (a log from an earlier model trained with tags, say)
-                readable = [[r for r in logs[u] if r[1] in self._position and r[2] in self._event_rank] for u in chunk]
-                windows = [self._window(self._sorted(events)) for events in readable]
-                seqs = [w for w, _ in windows]
-                h, interest = self.advance(seqs, None, [previous for _, previous in windows])
-                self.store.put_users([
-                    UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
-                              seqs[i][-1][0] if seqs[i] else None, len(readable[i]))
-                    for i, u in enumerate(chunk)
-                ])
-                rebuilt += len(chunk)
-        return rebuilt
-
-
-def model_item_features(store: Store, item_ids: list[str], meta: dict) -> ItemFeatures:
-    """Stored features of ``item_ids`` as the saved model (``meta``) reads them: items it trained get their ID
-    embedding's row (``known``), items embedded since are content only, and modalities it was trained without are
-    not read."""
-    known_trained = np.zeros(len(meta["item_ids"]), bool)
-    known_trained[meta["known_items"]] = True
-    position = pd.Index(meta["item_ids"]).get_indexer(item_ids)  # -1: embedded after training
-    id_index = np.maximum(position, 0).astype(np.int64)
-    known = (position >= 0) & known_trained[id_index]
-    features = item_features(store, item_ids, known, modalities=trained_modalities(meta))
-    features.id_index = torch.from_numpy(id_index)
-    return features
-
-
-def trained_modalities(meta: dict) -> tuple[str, ...]:
-    """The modalities the saved model's training store held features for (all for models saved without it)."""
-    encoders = meta.get("encoders")
-    return ("text", "image") if encoders is None else tuple(m for m in ("text", "image") if encoders.get(m))
-
-
-_EMBED_HINT = {"text": "its text columns (--text-columns)", "image": "images (--images-root, without --no-images)"}
-
-
-def check_encoders(trained: dict[str, list[str]], stored: dict[str, list[str]], model: MultimodalRecommender) -> None:
-    """Refuse a model whose training features came from other encoders than the store holds now, or whose
-    trained modality the store no longer holds (the model would silently serve without it)."""
-    used = [m for m, on in (("text", model.config.use_text), ("image", model.config.use_image)) if on]
-    for modality in used:
-        want, have = sorted(trained.get(modality, [])), sorted(stored.get(modality, []))
-        if not want:
-            continue  # trained without such features (a text-only store): the model does not read them
-        if not have:
-            raise ModelLoadError(
-                f"the model was trained on {modality} features from {want}, but the store holds no {modality} "
-                f"features: re-embed the catalogue with {_EMBED_HINT[modality]} (`mmrec embed`), or retrain "
-                f"without {modality}"
-            )
-        extra = [v for v in have if v not in want]
-        if extra:
-            raise ModelLoadError(
-                f"the model was trained on {modality} features from {want}, but the store now "
-                f"holds {modality} features from {extra}: retrain (`mmrec train`) or re-embed with the encoder "
-                f"the model was trained on"
-            )
+        return self.folder.rebuild(self.model_id, user_ids, batch_users)

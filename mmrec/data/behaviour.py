@@ -1,9 +1,11 @@
-"""Behaviour sequences for the interest model: interactions merged with text-bearing events, and windows of them.
+"""Behaviour sequences: a split's interactions merged with text-bearing events, and the windows and contexts cut
+from them for every model.
 
-The evaluation split (:mod:`mmrec.data`) is defined on interactions only. Behaviour events that carry text (tags,
+The evaluation split (:mod:`mmrec.data.split`) is defined on interactions only. Behaviour events that carry text (tags,
 reviews, queries) are context: they enter the GRU in time order but are never prediction targets, and only those
 that happened before a target can influence its prediction (at an equal timestamp, interactions come first, so a
-tag written in the same second as the held-out item is not seen when predicting it).
+tag written in the same second as the held-out item is not seen when predicting it). A behaviour built without
+context events holds the split's interactions alone: what the ID-only baselines read.
 """
 
 from __future__ import annotations
@@ -14,44 +16,19 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .data import Split, Stage
-from .interest import gap_buckets
+from .batch import N_GAP_BUCKETS, NO_TEXT, SequenceBatch, Windows, gap_buckets
+from .split import Split, Stage
 
-__all__ = ["Behaviour", "BehaviourBatch", "build_behaviour"]
-
-NO_TEXT = -1
-
-
-@dataclass
-class BehaviourBatch:
-    """Right-padded event windows (``B`` rows, ``L`` positions).
-
-    - ``items``, ``events``, ``gaps``, ``texts``: ``(B, L) int64``; padding item ``n_items``, text ``-1``.
-    - ``lengths (B,)``: real positions (may be 0: the user has no events before the target yet).
-    - ``targets (B, L + 1)``: training only; column 0 is the item predicted from the state before the window's
-      first event, column ``j`` the item predicted after its ``j``-th event; ``n_items`` where not a target.
-    - ``users (B,)``: split positions.
-    """
-
-    items: torch.Tensor
-    events: torch.Tensor
-    gaps: torch.Tensor
-    texts: torch.Tensor
-    lengths: torch.Tensor
-    users: torch.Tensor
-    targets: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str) -> "BehaviourBatch":
-        return BehaviourBatch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+__all__ = ["Behaviour", "ContextEvents", "build_behaviour"]
 
 
 @dataclass
 class Behaviour:
-    """Every kept user's merged event sequence, in CSR layout aligned with a :class:`~mmrec.data.Split`.
+    """Every kept user's merged event sequence, in CSR layout aligned with ``split``.
 
     Flat arrays ``(E,)``: ``item``, ``timestamp``, ``event``, ``text`` (row of ``text_vectors`` or -1),
     ``is_interaction``; ``offsets (U+1,)``; ``valid_at``/``test_at (U,)``: flat positions of each user's validation
-    and test interaction. ``text_vectors (T, text_dim)`` float32.
+    and test interaction. ``text_vectors (T, text_dim)`` float32 (``(0, 0)`` without text events).
     """
 
     offsets: np.ndarray
@@ -63,9 +40,10 @@ class Behaviour:
     valid_at: np.ndarray
     test_at: np.ndarray
     text_vectors: np.ndarray
+    split: Split
     n_items: int
     n_events: int
-    n_gap_buckets: int = 28
+    n_gap_buckets: int = N_GAP_BUCKETS
 
     @cached_property
     def gaps(self) -> np.ndarray:
@@ -96,19 +74,20 @@ class Behaviour:
             "texts": np.where(real, self.text[idx], NO_TEXT),
         }
 
-    def context(self, stage: Stage, users: np.ndarray, max_len: int) -> BehaviourBatch:
-        """The last ``max_len`` events before each user's ``stage`` target, as a batch without targets."""
+    def context(self, stage: Stage, users: np.ndarray, max_len: int | None) -> SequenceBatch:
+        """The last ``max_len`` events (``None``: all) before each user's ``stage`` target, as a batch without
+        targets, ``L`` = the longest row (at least 1)."""
         users = np.asarray(users, dtype=np.int64)
         end = self.stage_end(stage)[users]
-        start = np.maximum(self.offsets[users], end - max_len)
+        start = self.offsets[users] if max_len is None else np.maximum(self.offsets[users], end - max_len)
         lengths = end - start
         arrays = self._gather(start, lengths, max(int(lengths.max(initial=0)), 1))
-        return BehaviourBatch(
+        return SequenceBatch(
             **{k: torch.from_numpy(v) for k, v in arrays.items()},
-            lengths=torch.from_numpy(lengths), users=torch.from_numpy(users),
+            lengths=torch.from_numpy(lengths), users=torch.from_numpy(users), n_items=self.n_items,
         )
 
-    def windows(self, max_len: int, stride: int | None = None) -> "Windows":
+    def windows(self, max_len: int, stride: int | None = None) -> Windows:
         """Training windows over each user's events before validation (vectorised, no loop per user).
 
         Slot ``j`` of a user predicts event ``j`` from the state after events ``< j`` (slot 0: from the initial
@@ -139,36 +118,10 @@ class Behaviour:
         return Windows(arrays=arrays, lengths=e - b, users=user, targets=targets, n_items=self.n_items)
 
 
-@dataclass
-class Windows:
-    """Training windows: ``arrays`` of ``(W, L)``, ``lengths``/``users`` ``(W,)``, ``targets (W, L + 1)`` (padding
-    ``n_items``)."""
-
-    arrays: dict[str, np.ndarray]
-    lengths: np.ndarray
-    users: np.ndarray
-    targets: np.ndarray
-    n_items: int
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def n_targets(self) -> int:
-        return int((self.targets != self.n_items).sum())
-
-    def batch(self, index: np.ndarray) -> BehaviourBatch:
-        return BehaviourBatch(
-            **{k: torch.from_numpy(v[index]) for k, v in self.arrays.items()},
-            lengths=torch.from_numpy(self.lengths[index]), users=torch.from_numpy(self.users[index]),
-            targets=torch.from_numpy(self.targets[index]),
-        )
-
-
 def build_behaviour(
     split: Split,
-    context_events: "ContextEvents | None" = None,
-    n_gap_buckets: int = 28,
+    context_events: ContextEvents | None = None,
+    n_gap_buckets: int = N_GAP_BUCKETS,
 ) -> Behaviour:
     """Merge ``split``'s interactions (train, valid, test) with text-bearing ``context_events`` per user."""
     u = split.n_users
@@ -219,7 +172,7 @@ def build_behaviour(
     valid_at = inter_pos[last_inter - 1]
     return Behaviour(
         offsets=offsets, item=item, timestamp=ts, event=ev, text=text, is_interaction=is_inter,
-        valid_at=valid_at, test_at=test_at, text_vectors=vectors, n_items=split.n_items, n_events=n_events,
+        valid_at=valid_at, test_at=test_at, text_vectors=vectors, split=split, n_items=split.n_items, n_events=n_events,
         n_gap_buckets=n_gap_buckets,
     )
 

@@ -9,10 +9,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from .data import read_csv_strict, read_json_records, separator_hint
-from .encoders.preprocess import CleanConfig, clean_text
+from ..encoders.preprocess import CleanConfig, clean_text
+from .tables import read_csv_strict, read_json_records, separator_hint
 
-__all__ = ["CatalogRow", "read_table", "read_catalog", "compose_text"]
+__all__ = ["CatalogRow", "read_catalog_table", "read_catalog", "compose_text"]
 
 ID_COLUMN = "item_id"
 IMAGE_COLUMN = "image_path"
@@ -39,7 +39,7 @@ class CatalogRow:
     image_listed: bool = True
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_catalog_table(path: str | Path) -> pd.DataFrame:
     """Read CSV, JSONL/NDJSON or Parquet with every column as text (ids like ``0042`` keep their zeros)."""
     path = Path(path)
     if not path.is_file():
@@ -113,7 +113,7 @@ def read_catalog(
 
     Raises ``ValueError`` naming the row for a missing ``item_id``, duplicate ids and unknown text columns.
     """
-    frame = read_table(path)
+    frame = read_catalog_table(path)
     if ID_COLUMN not in frame.columns:
         raise ValueError(f"{path}: no {ID_COLUMN!r} column (columns: {list(frame.columns)}){separator_hint(frame.columns)}")
     if text_columns is None:

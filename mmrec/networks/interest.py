@@ -11,33 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["InterestConfig", "InterestModel", "gap_buckets"]
+__all__ = ["InterestConfig", "InterestModel"]
 
 
-def gap_buckets(gaps_seconds: np.ndarray | torch.Tensor, n_buckets: int) -> np.ndarray | torch.Tensor:
-    """Log2-spaced buckets of the time since the previous event: 0 s -> 0, 1 s -> 1, ~1 h -> 12, ~1 y -> 25.
-
-    Negative gaps (clock skew) count as 0; the last bucket absorbs everything longer.
-    """
-    if isinstance(gaps_seconds, torch.Tensor):
-        g = gaps_seconds.clamp(min=0).double()
-        return torch.floor(torch.log2(g + 1)).long().clamp(max=n_buckets - 1)
-    g = np.maximum(np.asarray(gaps_seconds, dtype=np.float64), 0)
-    return np.minimum(np.floor(np.log2(g + 1)).astype(np.int64), n_buckets - 1)
-
-
-@dataclass
+@dataclass(frozen=True)
 class InterestConfig:
     """Attributes:
         item_dim: size ``D`` of item vectors (the GRU input and the interest vector).
         hidden_dim: GRU state size ``H``.
         n_events: event-type vocabulary size (fixed at training time).
-        text_dim: size of event-text vectors (0 = events carry no text).
-        n_gap_buckets: time-gap buckets (see :func:`gap_buckets`).
+        text_dim: size of event-text vectors, the text encoder's width (0 = events carry no text).
+        n_gap_buckets: time-gap buckets (see :func:`mmrec.data.batch.gap_buckets`).
         dropout: on the GRU inputs and outputs.
     """
 

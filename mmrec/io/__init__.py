@@ -1,0 +1,1 @@
+"""Files -> rows: tables, ids and timestamps, the catalogue, and the one event reader."""

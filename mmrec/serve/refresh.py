@@ -1,0 +1,92 @@
+"""The batch refresh behind ``mmrec refresh``: apply a file of new behaviour events to the stored interest
+vectors, or recompute every user from the event log."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..io.events import EventTable, read_events
+from .recommender import Recommender
+
+__all__ = ["RefreshReport", "refresh_store"]
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh did: users whose interest changed, events applied, events already in the log, users
+    recomputed from their log, and rejected rows with reasons."""
+
+    users_refreshed: int = 0
+    events_applied: int = 0
+    events_duplicate: int = 0
+    users_recomputed: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], list[dict]]:
+    """Rows ``(user_id, timestamp, item_id, event, text)`` that can be applied, and the rejected ones with reasons
+    (row numbers count data rows from 1). Ids, timestamps and texts are read as training reads them, so a file
+    that trains also refreshes."""
+    users, items, texts = (pd.Series(a, dtype=object) for a in (table.user_id, table.item_id, table.text))
+    stamps = pd.Series(table.timestamp)
+    has_event_column = table.event is not None
+    # as training names context events: the rows of a file with a text column the model read as events
+    # (tags.csv's `tag`) are such events; otherwise the training data's usual event
+    named = table.text_column if table.text_column in rec.text_events else rec.default_event
+    events = pd.Series(table.event_names(named), dtype=object)
+    reasons = pd.Series("", index=users.index)
+    checks = [
+        (users == "", "empty user_id"),
+        (~items.isin(rec.item_ids), "unknown item_id (not in the store)"),
+        (pd.Series(~table.readable),
+         "timestamp is missing, unreadable or beyond the int64 range (unix seconds or a date)"),
+        (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
+        (events.isin(rec.text_events) & (texts == ""),
+         f"no text: {list(rec.text_events)} events are read by their text (training skips them without)"),
+        (~events.isin(rec.text_events) & (texts != ""),
+         "text on an event that carries none in training ("
+         + (f"only {list(rec.text_events)} events have text" if rec.text_events
+            else "the model was trained without text events")
+         + ("" if has_event_column or not table.text_column else
+            f"; without an event column these rows are {rec.default_event!r} events: add an event column")
+         + ")"),
+    ]
+    for bad, reason in checks:
+        reasons = reasons.mask(bad & (reasons == ""), reason)
+    bad = reasons != ""
+    rejected = [{"row": int(i) + 1, "user_id": users[i], "item_id": items[i], "reason": reasons[i]}
+                for i in np.flatnonzero(bad.to_numpy())]
+    good = ~bad
+    rows = list(zip(users[good], stamps[good].tolist(), items[good], events[good], texts[good]))
+    return rows, rejected
+
+
+def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048) -> RefreshReport:
+    """Apply a file of new behaviour events to the stored interest vectors (vectorised over users, committed in
+    batches of users), or recompute every user from the log with ``rebuild=True``. Re-applying the same file is a
+    no-op: events already in the log are skipped."""
+    rec = Recommender.load(store_dir, device="cpu")
+    report = RefreshReport()
+    if events is not None:
+        rows, report.rejected = _validate_events(read_events(events), rec)
+        by_user: dict[str, list[tuple]] = {}
+        for row in rows:
+            by_user.setdefault(row[0], []).append(row)
+        users = list(by_user)
+        for start in range(0, len(users), batch_users):
+            chunk = [r for u in users[start : start + batch_users] for r in by_user[u]]
+            counts = rec.apply_events(chunk)
+            report.users_refreshed += counts["users"]
+            report.events_applied += counts["applied"]
+            report.events_duplicate += counts["duplicates"]
+            report.users_recomputed += counts["recomputed"]
+    if rebuild:
+        report.users_recomputed += rec.rebuild()
+        report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
+    return report
