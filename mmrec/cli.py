@@ -1,4 +1,6 @@
-"""``mmrec`` command line: one subcommand per job. Scripts in ``scripts/`` call into the same functions.
+"""``mmrec`` command line: one subcommand per job.
+
+Each subcommand parses its arguments and calls the library; scripts in ``scripts/`` call into the same functions.
 
 Exit status of every subcommand: 0 success; 1 failed (invalid input or a runtime error: the message names the
 field/row; nothing partial is committed beyond completed batches); 2 usage error; 3 finished, but some rows were
@@ -212,13 +214,13 @@ _SIGNALS = ("text", "image", "id")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training import EXPOSURES, TrainConfig
+    from .train.config import EXPOSURES, TrainConfig
 
     defaults = TrainConfig()
     _add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (early stopping)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-len", type=int, default=defaults.max_len, help="events of history the GRU reads")
+    parser.add_argument("--max-len", type=int, default=defaults.model.max_len, help="events of history the GRU reads")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -236,18 +238,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .jobs import train_store
-    from .training import TrainConfig
+    from .networks.model import ModelConfig
+    from .train import TrainConfig, train_store
 
     _check_data_arguments(args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len,
-                         learning_rate=args.learning_rate, patience=args.patience, seed=args.seed, device=args.device,
+    model = ModelConfig(max_len=args.max_len, use_text="text" in args.modalities,
+                        use_image="image" in args.modalities, use_id="id" in args.modalities)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         patience=args.patience, seed=args.seed, device=args.device,
                          new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
                          new_item_neighbours=args.new_item_neighbours,
-                         show_progress=None if sys.stderr.isatty() else False)
-    config.model.use_text = "text" in args.modalities
-    config.model.use_image = "image" in args.modalities
-    config.model.use_id = "id" in args.modalities
+                         show_progress=None if sys.stderr.isatty() else False, model=model)
     summary = train_store(args.store, args.interactions, args.context_events, config,
                           unknown_items=args.unknown_items)
     valid = summary["valid"]
@@ -256,20 +257,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json_last(summary)
     return EXIT_OK
-
-
-def format_metrics(results: dict) -> str:
-    from .evaluation import METRICS
-
-    lines = [f"{'':<12}" + "".join(f"{m:>11}" for m in METRICS) + f"{'users':>8}"]
-    for stage, metrics in results.items():
-        for prefix, label in (("", stage), ("cold_", f"{stage} cold")):
-            value = metrics.get(f"{prefix}ndcg@10")
-            if value is None or value != value:  # NaN: no cold users in this stage
-                continue
-            n = metrics["n_users"] if not prefix else metrics["n_cold_users"]
-            lines.append(f"{label:<12}" + "".join(f"{metrics[prefix + m]:>11.4f}" for m in METRICS) + f"{n:>8}")
-    return "\n".join(lines)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,7 +268,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
-    from .jobs import evaluate_store
+    from .evaluation import format_metrics
+    from .train import evaluate_store
 
     _check_data_arguments(args)
     results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items,
@@ -306,7 +294,7 @@ def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    from .jobs import refresh_store
+    from .serve import refresh_store
 
     if args.events is None and not args.rebuild:
         return _fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
@@ -325,13 +313,13 @@ def run_refresh(args: argparse.Namespace) -> int:
 
 
 # -- demo: the README's main job ----------------------------------------------------------------------------
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "ml-latest-small"
-
-
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import bundled_data
+
     parser.add_argument("--store", type=Path, default=Path("stores/demo"), help="store folder (default stores/demo)")
-    parser.add_argument("--data", type=Path, default=ASSETS,
-                        help="folder with items.csv, interactions.csv, tags.csv (default: the bundled MovieLens)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with items.csv, interactions.csv, tags.csv (default: the bundled MovieLens, "
+                             f"{bundled_data()})")
     parser.add_argument("--images-root", type=Path, default=None,
                         help="folder of <item_id>.jpg posters: run fully multimodal (default: text only)")
     parser.add_argument("--epochs", type=int, default=30)
@@ -339,33 +327,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .embed import EmbedConfig, embed_catalog
-    from .jobs import evaluate_store, train_store
-    from .recommender import Recommender
-    from .training import TrainConfig
+    from .demo import run_demo as demo
 
     _require_folder("--images-root", args.images_root)
-    print(f"[1/4] embedding {args.data / 'items.csv'} into {args.store}"
-          + (f" with posters from {args.images_root}" if args.images_root else " (text only)"))
-    report = embed_catalog(args.data / "items.csv", args.store, EmbedConfig(
-        text_columns=["title", "genres"], images_root=args.images_root, use_images=args.images_root is not None))
-    print(f"      embedded {report.embedded}, unchanged {report.unchanged}, text-only {report.text_only}, "
-          f"rejected {len(report.rejected)}")
-    print("[2/4] training (early stopping on validation NDCG@10)")
-    config = TrainConfig(epochs=args.epochs)
-    config.model.use_image = args.images_root is not None
-    summary = train_store(args.store, args.data / "interactions.csv", args.data / "tags.csv", config)
-    print(f"      best epoch {summary['best_epoch']}, {summary['seconds_per_epoch']:.1f} s/epoch")
-    print("[3/4] evaluation (chronological leave-one-out, full ranking over the catalogue)")
-    print(format_metrics(evaluate_store(args.store, args.data / "interactions.csv", args.data / "tags.csv")))
-    print("[4/4] top-10 recommendations")
-    rec = Recommender.load(args.store)
-    titles = rec.store.titles()
-    for user in args.users:
-        recent = [titles[r[1]] for r in rec.store.user_events([user])[user][-3:]]
-        print(f"  user {user} (recently: {'; '.join(recent)})")
-        for rank, (item_id, probability) in enumerate(rec.recommend(user, k=10), 1):
-            print(f"    {rank:>2}. {titles[item_id]}  ({probability:.2f})")
+    _require_folder("--data", args.data)
+    demo(args.store, args.data, args.images_root, args.epochs, args.users)
     return EXIT_OK
 
 
@@ -381,7 +347,7 @@ def _our_variant(value: str) -> str:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     from .baselines import BASELINES
     from .report import OUR_VARIANTS, PROTOCOLS, QualityConfig, is_ours
-    from .training import EXPOSURES
+    from .train.config import EXPOSURES
 
     defaults = QualityConfig()
     model_names = (f"{', '.join(BASELINES)} or our model's item signals joined by '+' "
@@ -431,7 +397,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     from .report import QualityConfig, read_reference, run_report as report
     from .store import Store
-    from .training import TrainConfig
+    from .train import TrainConfig
 
     # Everything checkable is checked here: the first run_report reads only after hours of training.
     _require_store(args.store)

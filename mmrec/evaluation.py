@@ -41,6 +41,7 @@ __all__ = [
     "BootstrapResult",
     "EvalResult",
     "Ranker",
+    "format_metrics",
     "TieRule",
     "evaluate",
     "metrics_from_ranks",
@@ -280,6 +281,20 @@ def _device_of(model) -> torch.device:
     if tensor is None and hasattr(model, "buffers"):
         tensor = next(iter(model.buffers()), None)
     return torch.device("cpu") if tensor is None else tensor.device
+
+
+def format_metrics(results: dict) -> str:
+    """A text table of ``{stage: metrics}`` (as :func:`mmrec.train.evaluate_store` returns): one row per stage and
+    one for its cold users, where there are any."""
+    lines = [f"{'':<12}" + "".join(f"{m:>11}" for m in METRICS) + f"{'users':>8}"]
+    for stage, metrics in results.items():
+        for prefix, label in (("", stage), ("cold_", f"{stage} cold")):
+            value = metrics.get(f"{prefix}ndcg@10")
+            if value is None or value != value:  # NaN: no cold users in this stage
+                continue
+            n = metrics["n_users"] if not prefix else metrics["n_cold_users"]
+            lines.append(f"{label:<12}" + "".join(f"{metrics[prefix + m]:>11.4f}" for m in METRICS) + f"{n:>8}")
+    return "\n".join(lines)
 
 
 class BootstrapResult(NamedTuple):
