@@ -1,0 +1,286 @@
+"""The subcommands: each adds its arguments to a parser and runs by calling the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP,
+                      NEW_ITEM_NEIGHBOURS_HELP, NEW_ITEM_RECALL_RATIO_HELP, SIGNALS, TABLE_FORMATS, add_data_arguments,
+                      add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail, int_list,
+                      names_list, print_json_last, require_file, require_folder, require_folder_or_absent,
+                      require_store)
+
+
+# -- embed ----------------------------------------------------------------------------------------------------
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("catalog", type=Path,
+                        help=f"catalogue file ({TABLE_FORMATS}) with item_id, text columns[, image_path]")
+    parser.add_argument("--store", type=Path, required=True, help="store folder (created when absent)")
+    parser.add_argument("--images-root", type=Path, default=None,
+                        help="folder image_path is relative to (default: the catalogue's folder)")
+    parser.add_argument("--text-columns", type=csv_list, default=None,
+                        help="comma-separated columns joined into item text (default: all but image_path and ids: "
+                             "item_id and *_id columns)")
+    parser.add_argument("--no-images", action="store_true", help="refresh text only: ignore image_path, keep the image features already stored")
+    parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
+    parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    parser.add_argument("--device", type=device_type, default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from ..embed import EmbedConfig, embed_catalog
+    from ..encoders.image import ImageEncoderConfig
+    from ..encoders.text import TextEncoderConfig
+
+    require_file("catalog", args.catalog)
+    require_folder_or_absent("--store", args.store)
+    if not args.no_images:  # a mistyped folder would quietly make every item text-only
+        require_folder("--images-root", args.images_root)
+    text = TextEncoderConfig(precision=args.precision, device=args.device)
+    image = ImageEncoderConfig(precision=args.precision, device=args.device)
+    if args.batch_size:
+        text.batch_size = image.batch_size = args.batch_size
+    config = EmbedConfig(
+        text_columns=args.text_columns, images_root=args.images_root, use_images=not args.no_images,
+        chunk_size=args.chunk_size, text=text, image=image, show_progress=None if sys.stderr.isatty() else False,
+    )
+    report = embed_catalog(args.catalog, args.store, config)
+    for warning in report.warnings:
+        print(f"warning: item {warning['item_id']} (row {warning['row']}): {warning['reason']}", file=sys.stderr)
+    for rejected in report.rejected:
+        print(f"rejected: item {rejected['item_id']} (row {rejected['row']}): {rejected['reason']}", file=sys.stderr)
+    print(
+        f"embedded {report.embedded}, unchanged {report.unchanged}, text-only {report.text_only}, "
+        f"image-only {report.image_only}, rejected {len(report.rejected)}, stored images kept {report.images_kept}, "
+        f"removed {report.images_removed} -> {args.store}"
+    )
+    if args.json:
+        print_json_last(report.to_dict())
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..train.config import EXPOSURES, TrainConfig
+
+    defaults = TrainConfig()
+    add_data_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (early stopping)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-len", type=int, default=defaults.model.max_len, help="events of history the GRU reads")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--patience", type=int, default=defaults.patience)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--modalities", type=names_list(lambda m: m in SIGNALS, ", ".join(SIGNALS)),
+                        default=["text", "image", "id"],
+                        help="item signals: any of text,image,id (id alone = a GRU4Rec-style baseline)")
+    parser.add_argument("--device", type=device_type, default="auto", help="auto (CUDA when available), cpu, cuda...")
+    parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.new_item_recall_ratio,
+                        help=NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.new_item_exposure,
+                        help=NEW_ITEM_EXPOSURE_HELP)
+    parser.add_argument("--new-item-neighbours", type=int, default=defaults.new_item_neighbours,
+                        help=f"{NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.new_item_neighbours})")
+    add_unknown_items_argument(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..networks.model import ModelConfig
+    from ..train import TrainConfig, train_store
+
+    check_data_arguments(args)
+    model = ModelConfig(max_len=args.max_len, use_text="text" in args.modalities,
+                        use_image="image" in args.modalities, use_id="id" in args.modalities)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         patience=args.patience, seed=args.seed, device=args.device,
+                         new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
+                         new_item_neighbours=args.new_item_neighbours,
+                         show_progress=None if sys.stderr.isatty() else False, model=model)
+    summary = train_store(args.store, args.interactions, args.context_events, config,
+                          unknown_items=args.unknown_items)
+    valid = summary["valid"]
+    print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "
+          f"recall@10 {valid['recall@10']:.4f}; {summary['seconds_per_epoch']:.1f} s/epoch")
+    if args.json:
+        print_json_last(summary)
+    return EXIT_OK
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_unknown_items_argument(parser)
+    parser.add_argument("--device", type=device_type, default="cpu", help="cpu (default), auto (CUDA when available), cuda...")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import math
+
+    from ..evaluation import format_metrics
+    from ..train import evaluate_store
+
+    check_data_arguments(args)
+    results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items,
+                             device=args.device)
+    print(format_metrics(results))
+    if args.json:
+        flat = {}
+        for stage, metrics in results.items():
+            for key, value in metrics.items():
+                value = None if isinstance(value, float) and math.isnan(value) else value
+                flat[key if stage == "test" else f"valid_{key}"] = value
+        print_json_last(flat)
+    return EXIT_OK
+
+
+def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="trained store")
+    parser.add_argument("--events", type=Path, default=None,
+                        help=f"new events ({TABLE_FORMATS}): user_id, item_id, timestamp[, event][, text|tag|review|query]")
+    parser.add_argument("--rebuild", action="store_true", help="recompute every user from the event log")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    from ..serve import refresh_store
+
+    if args.events is None and not args.rebuild:
+        return fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
+    require_store(args.store)
+    require_file("--events", args.events)
+    report = refresh_store(args.store, args.events, rebuild=args.rebuild)
+    for rejected in report.rejected:
+        print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
+              f"{rejected['reason']}", file=sys.stderr)
+    print(f"refreshed {report.users_refreshed} users: {report.events_applied} events applied, "
+          f"{report.events_duplicate} already applied, {report.users_recomputed} users recomputed from their log, "
+          f"{len(report.rejected)} rejected")
+    if args.json:
+        print_json_last(report.to_dict())
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+# -- demo: the README's main job ----------------------------------------------------------------------------
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..demo import bundled_data
+
+    parser.add_argument("--store", type=Path, default=Path("stores/demo"), help="store folder (default stores/demo)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with items.csv, interactions.csv, tags.csv (default: the bundled MovieLens, "
+                             f"{bundled_data()})")
+    parser.add_argument("--images-root", type=Path, default=None,
+                        help="folder of <item_id>.jpg posters: run fully multimodal (default: text only)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--users", type=csv_list, default=["1", "42", "414"], help="users to recommend for")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo as demo
+
+    require_folder("--images-root", args.images_root)
+    require_folder("--data", args.data)
+    demo(args.store, args.data, args.images_root, args.epochs, args.users)
+    return EXIT_OK
+
+
+def _our_variant(value: str) -> str:
+    from ..report import OUR_VARIANTS, is_ours
+
+    if not is_ours(value):
+        raise argparse.ArgumentTypeError(f"unknown {value!r}; choose our model's item signals joined by '+', e.g. "
+                                         f"{', '.join(OUR_VARIANTS)}")
+    return value
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..baselines import BASELINES
+    from ..report import OUR_VARIANTS, PROTOCOLS, QualityConfig, is_ours
+    from ..train.config import EXPOSURES
+
+    defaults = QualityConfig()
+    model_names = (f"{', '.join(BASELINES)} or our model's item signals joined by '+' "
+                   f"({', '.join(OUR_VARIANTS)})")
+    add_data_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md, results.json, PNGs")
+    parser.add_argument("--models", type=names_list(lambda m: m in BASELINES or is_ours(m), model_names),
+                        default=list(defaults.models),
+                        help=f"baselines and our variants (default: all of {','.join(defaults.models)})")
+    parser.add_argument("--seeds", type=int_list, default=list(defaults.seeds),
+                        help=f"comma-separated integers (default {','.join(map(str, defaults.seeds))})")
+    parser.add_argument("--protocols", type=names_list(lambda p: p in PROTOCOLS, ", ".join(PROTOCOLS)),
+                        default=list(defaults.protocols), help=f"any of {','.join(PROTOCOLS)} (default: all)")
+    parser.add_argument("--ours", default=defaults.ours, type=_our_variant,
+                        help=f"our variant the win, bootstrap and cold checks are computed for (default {defaults.ours})")
+    parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="our model's maximum epochs")
+    parser.add_argument("--patience", type=int, default=defaults.train.patience)
+    parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
+                        help=NEW_ITEM_RECALL_RATIO_HELP)
+    parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.train.new_item_exposure,
+                        help=NEW_ITEM_EXPOSURE_HELP)
+    parser.add_argument("--new-item-neighbours", type=int, default=defaults.train.new_item_neighbours,
+                        help=f"{NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.train.new_item_neighbours})")
+    parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
+                        help="cold protocol: also evaluate our model with no exposure target, and with the new-item "
+                             "lift and new-item places chosen on validation for this cold/warm Recall@20 ratio "
+                             f"(0: off; default {defaults.exposure_ratio:g})")
+    parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
+    parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="reference results (markdown table with an NDCG@10 column), e.g. "
+                             "../shared/baselines/ml-latest-small.md")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per run (default: torch's; with --jobs, the cores shared out)")
+    parser.add_argument("--jobs", type=int, default=defaults.jobs,
+                        help="runs trained at once in worker processes (default 1; one run uses a small part of a "
+                             "GPU, so there several at once save time)")
+    parser.add_argument("--device", type=device_type, default=defaults.device,
+                        help="auto (CUDA when available), cpu, cuda...")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only rebuild the report from the runs already in OUT/runs.jsonl")
+    add_unknown_items_argument(parser)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..report import QualityConfig, read_reference, run_report as report
+    from ..store import Store
+    from ..train import TrainConfig
+
+    # Everything checkable is checked here: the first run_report reads only after hours of training.
+    require_store(args.store)
+    if not args.no_train:
+        require_file("--interactions", args.interactions)
+        require_file("--context-events", args.context_events)
+    require_file("--reference", args.reference)
+    if args.reference is not None:
+        try:
+            found = read_reference(args.reference)
+        except ValueError as error:  # includes UnicodeDecodeError
+            raise ValueError(f"--reference {args.reference}: {error}") from error
+        if not found:
+            raise ValueError(f"--reference {args.reference}: no markdown table with an NDCG@10 column and model rows")
+    require_folder_or_absent("--out", args.out)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    config = QualityConfig(
+        models=tuple(args.models), seeds=tuple(args.seeds), protocols=tuple(args.protocols), ours=args.ours,
+        train=TrainConfig(epochs=args.epochs, patience=args.patience, show_progress=False,
+                          new_item_recall_ratio=args.new_item_recall_ratio, new_item_exposure=args.new_item_exposure,
+                          new_item_neighbours=args.new_item_neighbours),
+        baseline_epochs=args.baseline_epochs, baseline_patience=args.baseline_patience, threads=args.threads,
+        jobs=args.jobs, device=args.device, exposure_ratio=args.exposure_ratio,
+    )
+    command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
+    summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
+                     args.reference, command=command, train=not args.no_train, unknown_items=args.unknown_items,
+                     on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
+                                            f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
+                                            flush=True))
+    print(summary.table)
+    print("files: " + ", ".join(str(f) for f in summary.files))
+    if args.json:
+        print_json_last({"checks": summary.checks, "files": [str(f) for f in summary.files]})
+    return EXIT_OK

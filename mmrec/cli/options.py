@@ -1,0 +1,151 @@
+"""The command line's shared pieces: exit codes, argument types, checks run before any work, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+
+
+def csv_list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in csv_list(value)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {value!r}") from None
+
+
+def names_list(valid: Callable[[str], bool], choices: str) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated list whose every name passes ``valid``; the error lists the valid names."""
+    def names(value: str) -> list[str]:
+        items = csv_list(value)
+        unknown = [v for v in items if not valid(v)]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, unknown))}; choose from {choices}")
+        return items
+    return names
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_type(value: str) -> str:
+    """argparse type of ``--device``: ``auto`` or a torch device string (whether it exists is checked before the
+    command runs, see :func:`check_device`)."""
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def check_device(value: str) -> None:
+    """Fail before any work when ``--device`` names hardware this machine lacks."""
+    if value == "auto":
+        return
+    import torch
+
+    device = torch.device(value)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {value}: no CUDA device on this machine (use --device cpu or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {value}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {value}: MPS is not available on this machine (use --device cpu or auto)")
+
+
+def require_file(option: str, path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"{option} {path}: {what}")
+
+
+def require_folder_or_absent(option: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{option} {path}: exists and is not a folder")
+
+
+def require_folder(option: str, path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(f"{option} {path}: {what}")
+
+
+def require_store(path: Path) -> None:
+    from ..store import DB_NAME
+
+    if not (path / DB_NAME).is_file():
+        raise FileNotFoundError(f"--store {path}: not an mmrec store (expected {DB_NAME} inside; "
+                                "make one with `mmrec embed CATALOG --store ...`)")
+
+
+def print_json_last(payload: dict) -> None:
+    sys.stdout.flush()
+    print(json.dumps(payload, default=str))
+
+
+def fail(args: argparse.Namespace, message: object, code: int = EXIT_FAILED) -> int:
+    """Print ``error: message`` to stderr (and, under ``--json``, ``{"error", "exit"}`` as the last stdout line)."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print_json_last({"error": str(message), "exit": code})
+    return code
+
+
+TABLE_FORMATS = ".csv, .tsv, .jsonl/.ndjson/.json or .parquet"
+JSON_HELP = 'print one JSON summary as the last stdout line (on failure: {"error": MESSAGE, "exit": CODE})'
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="store folder made by `mmrec embed`")
+    parser.add_argument("--interactions", type=Path, required=True,
+                        help=f"{TABLE_FORMATS} file with user_id, item_id, timestamp[, event]")
+    parser.add_argument("--context-events", type=Path, default=None,
+                        help=f"optional text-bearing events ({TABLE_FORMATS}: user_id, item_id, timestamp, "
+                             "text|tag|review|query[, event]), e.g. MovieLens tags.csv: GRU inputs, never prediction "
+                             "targets")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def add_unknown_items_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unknown-items", choices=["error", "drop"], default="error",
+                        help="interaction rows naming an item that is not in the store: fail naming them (default) "
+                             "or drop them")
+
+
+def check_data_arguments(args: argparse.Namespace) -> None:
+    require_store(args.store)
+    require_file("--interactions", args.interactions)
+    require_file("--context-events", args.context_events)
+
+
+NEW_ITEM_RECALL_RATIO_HELP = ("exposure of new (untrained) items: rank them so that their users' validation "
+                               "Recall@20 reaches this fraction of the other users' (costs those some recall; "
+                               "default 0.5; 0: no target, new items lifted as far as NDCG@10 says)")
+NEW_ITEM_EXPOSURE_HELP = ("how --new-item-recall-ratio is reached: slots (default: the fewest of the last places of "
+                           "every top 20 that reach it go to new items, trained items keep their order above them) "
+                           "or lift (new items' scores raised until they reach it)")
+
+NEW_ITEM_NEIGHBOURS_HELP = ("after training, also try building each new (untrained) item from the vectors of this "
+                             "many trained items with the nearest texts, and keep it if it validates better "
+                             "(0: never)")
+
+SIGNALS = ("text", "image", "id")
