@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (README, "Evaluation protocol") and a paired bootstrap for comparing models.
+"""Full-ranking evaluation (docs/evaluation.md) and a paired bootstrap for comparing models.
 
 Every user is ranked against every catalogue item; the items of the user's history (train for ``"valid"``,
 train + valid for ``"test"``) are excluded, except the target itself should the user have consumed it before.

@@ -82,10 +82,10 @@ def _check_stage(stage: str) -> None:
 
 @dataclass(frozen=True)
 class Split:
-    """Chronological leave-one-out split (README, "Evaluation protocol"): per kept user, last event = test, second
+    """Chronological leave-one-out split (docs/evaluation.md): per kept user, last event = test, second
     last = valid.
 
-    Users are addressed by their position ``0..n_users-1`` in the split (the ``user_index`` models receive);
+    Users are addressed by their position ``0..n_users-1`` in the split (a batch's ``users``);
     ``users (U,)`` maps positions to :class:`Interactions` user indices and ``user_ids (U,)`` to original ids.
 
     - ``train``: :class:`Sequences` of each user's training events (all but the last two), ``U`` rows.

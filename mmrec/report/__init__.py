@@ -1,16 +1,16 @@
 """Quality report: every model on the identical split, 3 seeds, warm and cold, with a paired bootstrap.
 
-Two protocols (README, "Evaluation protocol"):
+Two protocols (docs/evaluation.md):
 
 - ``standard``: chronological leave-one-out, full ranking, history excluded. "warm" = users whose test item occurs
   in training, "cold" = the rest (on ml-latest-small: items rated once, by that user, last).
 - ``cold``: the same split with a seeded 10% of the rated items removed from training entirely
-  (:func:`mmrec.data.hold_out_items`); users whose test item was held out are the cold users, ranked over the whole
+  (:func:`mmrec.data.split.hold_out_items`); users whose test item was held out are the cold users, ranked over the whole
   catalogue like everyone else. Our model's runs there rank new items as training chose (by default the fewest
   places at the end of every top 20 reserved for new items that give cold users a validation Recall@20 of half the
-  warm users', :func:`mmrec.training.calibrate_new_item_slots`) and, from the same trained model, each other way
+  warm users', :func:`mmrec.train.calibration.calibrate_new_item_slots`) and, from the same trained model, each other way
   too: with no exposure target (the new-item lift validation NDCG@10 chooses); with the lift chosen for the
-  exposure target ``exposure_ratio`` (:func:`mmrec.training.calibrate_new_item_bias`); with new-item places for it.
+  exposure target ``exposure_ratio`` (:func:`mmrec.train.calibration.calibrate_new_item_bias`); with new-item places for it.
   Each is a final configuration, so test is read once for each.
 
 Models: the ID-only baselines of :mod:`mmrec.baselines` (``pop``, ``bpr``, ``gru4rec``, ``sasrec``) and our model

@@ -153,7 +153,7 @@ class Recommender:
         dot-product retrieval, then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
         alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
         leaves out the items of the user's interaction events (the kinds training predicted); an item the user only
-        tagged stays rankable, as in evaluation. A model with ``new_item_slots`` (``ModelConfig``) gives the last
+        tagged stays rankable, as in evaluation. A model whose ``NewItemPolicy`` has ``slots`` gives the last
         places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
         to ``k`` (halves rounded up: 6 of 20 are 3 of 10, 5 of 20 are 3 of 10); evaluation measured the lists of
         ``new_item_slot_depth``."""

@@ -35,8 +35,8 @@ class TrainConfig:
             ml-latest-small is hardly at all, so they are almost never recommended.
         new_item_exposure: how ``new_item_recall_ratio`` is reached. ``"slots"`` (default): no lift, and the fewest
             of the last places of each top ``model.new_item_slot_depth`` (20) reserved for the best new items
-            (:func:`mmrec.train.calibration.calibrate_new_item_slots`); trained items keep their order above them, so wherever new items
-            rarely reached the top, NDCG@10 does not move. ``"lift"``: new items' scores are lifted by the smallest
+            (:func:`mmrec.train.calibration.calibrate_new_item_slots`); trained items keep their order above
+            them, so wherever new items rarely reached the top, NDCG@10 does not move. ``"lift"``: new items' scores are lifted by the smallest
             multiple of the scores' standard deviation that reaches the ratio, to an eighth of a grid step (the
             multiple with the highest ratio when none does); lifted items land among the first places too.
         new_item_bias_grid: the lifts (multiples of the scores' standard deviation) tried for new items, by NDCG@10
