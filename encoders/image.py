@@ -72,7 +72,7 @@ def load_image(source: _ImageSource, image_size: int = 224) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageEncoderConfig:
     """How images are embedded.
 

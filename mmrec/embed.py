@@ -30,7 +30,7 @@ from .store import Store
 __all__ = ["EmbedConfig", "EmbedReport", "embed_catalog"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedConfig:
     """Options of :func:`embed_catalog`.
 

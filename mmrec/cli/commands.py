@@ -41,10 +41,9 @@ def run_embed(args: argparse.Namespace) -> int:
     require_folder_or_absent("--store", args.store)
     if not args.no_images:  # a mistyped folder would quietly make every item text-only
         require_folder("--images-root", args.images_root)
-    text = TextEncoderConfig(precision=args.precision, device=args.device)
-    image = ImageEncoderConfig(precision=args.precision, device=args.device)
-    if args.batch_size:
-        text.batch_size = image.batch_size = args.batch_size
+    sizes = {"batch_size": args.batch_size} if args.batch_size else {}
+    text = TextEncoderConfig(precision=args.precision, device=args.device, **sizes)
+    image = ImageEncoderConfig(precision=args.precision, device=args.device, **sizes)
     config = EmbedConfig(
         text_columns=args.text_columns, images_root=args.images_root, use_images=not args.no_images,
         chunk_size=args.chunk_size, text=text, image=image, show_progress=None if sys.stderr.isatty() else False,
