@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from mmrec import Recommender, TrainConfig, refresh_store
-from mmrec.training import fit, load_training_data
+from mmrec.train import fit, load_training_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,11 +81,10 @@ def main() -> None:
 
         if not args.skip_train:
             data = load_training_data(rec.store, args.interactions)
-            config = TrainConfig(epochs=1, show_progress=False)
-            config.model = rec.model.config
+            config = TrainConfig(epochs=1, show_progress=False, model=rec.model.config)
             result = fit(data, config, log=None)
             print(f"training: {result.history[0]['train_seconds']:.1f} s per epoch "
-                  f"({data.behaviour.windows(config.max_len).n_targets:,} next-item targets)")
+                  f"({data.behaviour.windows(config.model.max_len).n_targets:,} next-item targets)")
 
 
 if __name__ == "__main__":

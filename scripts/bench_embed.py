@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from mmrec import EmbedConfig, embed_catalog
-from mmrec.catalog import read_catalog
+from mmrec.io.catalog import read_catalog
 from mmrec.encoders import ImageEncoder, TextEncoder, load_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -75,3 +75,44 @@ def image_encoder():
     from mmrec.encoders import ImageEncoder
 
     return ImageEncoder()
+
+
+REFERENCE_SPLIT = SHARED / "baselines" / "ml-latest-small.split.csv"
+
+
+def interaction_frame(rows: list[tuple]):
+    """An interactions DataFrame of ``(user_id, item_id, timestamp)`` rows."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+@pytest.fixture(scope="session")
+def real_split():
+    """The leave-one-out split of the team's shared ml-latest-small (skipped where ../shared is absent)."""
+    if not (SHARED_DATA / "interactions.csv").is_file() or not REFERENCE_SPLIT.is_file():
+        pytest.skip(f"the shared ml-latest-small data is not at {SHARED} (it lives beside the repository)")
+    from mmrec.data import ItemIndex, leave_one_out, load_interactions
+
+    items = ItemIndex.from_catalog(SHARED_DATA / "items.csv")
+    return leave_one_out(load_interactions(SHARED_DATA / "interactions.csv", items))
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """A copy of the store folder ``source`` at ``target`` (returned), its database copied through SQLite's backup
+    API. Copying the live database file as a file would open and close it outside SQLite, which drops every POSIX
+    lock this process holds on it (https://sqlite.org/howtocorrupt.html, 2.2): a later write to ``source`` from
+    another process (the refresh script) then corrupts what this process reads."""
+    import shutil
+    import sqlite3
+
+    from mmrec.store import DB_NAME
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(f"{DB_NAME}*"))
+    src, dst = sqlite3.connect(source / DB_NAME), sqlite3.connect(target / DB_NAME)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target

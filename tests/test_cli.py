@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import mmrec.jobs
+import mmrec.train
 import mmrec.report
 from mmrec.cli import main
 from mmrec.store import Store
@@ -75,9 +75,9 @@ def test_cuda_device_without_cuda_is_an_error_before_any_work(command, tmp_path,
                                                               monkeypatch, capsys):
     _no_cuda(monkeypatch)
     reached = []
-    monkeypatch.setattr(mmrec.jobs, "train_store", lambda *a, **k: reached.append("train"))
+    monkeypatch.setattr(mmrec.train, "train_store", lambda *a, **k: reached.append("train"))
     monkeypatch.setattr(mmrec.report, "run_report", lambda *a, **k: reached.append("report"))
-    monkeypatch.setattr(mmrec.jobs, "evaluate_store", lambda *a, **k: reached.append("evaluate"))
+    monkeypatch.setattr(mmrec.train, "evaluate_store", lambda *a, **k: reached.append("evaluate"))
     argv = {"embed": ["embed", catalog, "--store", tmp_path / "new"],
             "train": ["train", "--store", store, "--interactions", interactions],
             "evaluate": ["evaluate", "--store", store, "--interactions", interactions],
@@ -99,7 +99,7 @@ def test_runtime_and_os_errors_become_error_lines(error, store, interactions, mo
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(mmrec.jobs, "train_store", fail)
+    monkeypatch.setattr(mmrec.train, "train_store", fail)
     monkeypatch.delenv("MMREC_DEBUG", raising=False)
     code, _, err = _run(["train", "--store", store, "--interactions", interactions], capsys)
     assert code == 1 and err == f"error: {error}\n"
@@ -110,7 +110,7 @@ def test_mmrec_debug_lets_errors_raise_with_their_traceback(value, raises, store
     def fail(*args, **kwargs):
         raise RuntimeError("deep inside torch")
 
-    monkeypatch.setattr(mmrec.jobs, "train_store", fail)
+    monkeypatch.setattr(mmrec.train, "train_store", fail)
     monkeypatch.setenv("MMREC_DEBUG", value)
     argv = ["train", "--store", str(store), "--interactions", str(interactions)]
     if raises:
@@ -233,7 +233,7 @@ def test_unknown_items_drop_reaches_train_store(store, interactions, monkeypatch
         calls.append(kwargs)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(mmrec.jobs, "train_store", fake_train_store)
+    monkeypatch.setattr(mmrec.train, "train_store", fake_train_store)
     _run(["train", "--store", store, "--interactions", interactions, "--unknown-items", "drop"], capsys)
     assert calls and calls[0]["unknown_items"] == "drop"
 
@@ -321,7 +321,7 @@ def test_new_item_exposure_reaches_the_training_config(store, interactions, monk
         configs.append(config)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(mmrec.jobs, "train_store", fake_train_store)
+    monkeypatch.setattr(mmrec.train, "train_store", fake_train_store)
     _run(["train", "--store", store, "--interactions", interactions, "--new-item-recall-ratio", "0.5",
           "--new-item-exposure", "slots", "--new-item-neighbours", "7"], capsys)
     assert configs[0].new_item_exposure == "slots" and configs[0].new_item_recall_ratio == 0.5

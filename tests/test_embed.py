@@ -13,7 +13,7 @@ import pytest
 from mmrec import Store
 from mmrec.embed import EmbedConfig, embed_catalog
 
-from ..conftest import ASSETS, REPO
+from .conftest import ASSETS, REPO
 
 SCRIPT = REPO / "scripts" / "embed_catalog.py"
 
@@ -50,8 +50,9 @@ def test_first_run_embeds_every_item_with_both_modalities(runs):
     store, catalog, _, first, _, _ = runs
     assert (first.embedded, first.unchanged, first.text_only, first.image_only) == (200, 0, 0, 0)
     assert first.rejected == []
-    item = store.get_item(catalog.item_id[5])
-    assert item.modalities == ("image", "text") and item.title == catalog.title[5]
+    item_id = catalog.item_id[5]
+    assert store.stored_modalities()[item_id] == {"image", "text"}
+    assert store.titles([item_id]) == {item_id: catalog.title[5]}
     ids, text, present = store.feature_matrix("text")
     assert len(ids) == 200 and text.shape == (200, 384) and present.all()
     assert set(store.encoders()) == {"text", "image"}
@@ -71,12 +72,14 @@ def test_bad_images_keep_stored_features_and_bad_rows_are_rejected_with_reasons(
     reasons = {w["item_id"]: w["reason"] for w in third.warnings}
     assert "unreadable image" in reasons[bad.item_id[0]] and "not found" in reasons[bad.item_id[1]]
     assert "BytesIO" not in reasons[bad.item_id[0]]
+    modalities = store.stored_modalities()
     for item_id in bad.item_id[:2]:
-        assert store.get_item(item_id).modalities == ("image", "text")
+        assert modalities[item_id] == {"image", "text"}
     stored = set(store.item_ids())
     assert sum(i in stored for i in bad.item_id) == 199
+    assert "999999" not in modalities and "999999" not in store.item_hashes()
     with pytest.raises(KeyError, match="999999"):
-        store.get_item("999999")
+        store.titles(["999999"])
 
 
 def test_script_prints_json_and_documented_exit_status(runs, tmp_path, posters):
@@ -160,7 +163,7 @@ print("finished without being killed", flush=True)
 ], ids=["after_commit", "mid_chunk"])
 def test_killed_run_keeps_exactly_the_committed_chunks_and_rerun_embeds_only_the_rest(
         tmp_path, text_encoder, monkeypatch, point, message):
-    from mmrec.catalog import read_catalog
+    from mmrec.io.catalog import read_catalog
 
     chunk = 8
     _slice(5 * chunk)[["item_id", "title", "genres"]].to_csv(tmp_path / "catalog.csv", index=False)
@@ -179,7 +182,8 @@ def test_killed_run_keeps_exactly_the_committed_chunks_and_rerun_embeds_only_the
     assert present.all() and vectors.shape == (len(committed), 384)
     np.testing.assert_allclose(vectors, text_encoder.encode([r.text for r in committed], show_progress=False),
                                atol=1e-5)
-    assert [store.get_item(r.item_id).text for r in committed] == [r.text for r in committed]
+    stored_text = dict(store.db.execute("SELECT item_id, text FROM items"))
+    assert [stored_text[r.item_id] for r in committed] == [r.text for r in committed]
 
     encoded = []
     real_encode = text_encoder.encode

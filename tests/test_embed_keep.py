@@ -17,7 +17,7 @@ from mmrec import Store
 from mmrec.embed import EmbedConfig, EmbedReport, embed_catalog
 from mmrec.encoders import ImageEncoder, TextEncoder
 
-from ..conftest import ASSETS
+from .conftest import ASSETS
 
 ImageState = dict[str, tuple[str | None, str | None, str | None, bytes | None]]
 
@@ -76,7 +76,7 @@ def _image_state(folder: Path) -> ImageState:
 
 def _modalities(folder: Path, item_id: str) -> tuple[str, ...]:
     with Store(folder / "store") as store:
-        return store.get_item(item_id).modalities
+        return tuple(sorted(store.stored_modalities()[item_id]))
 
 
 def test_text_only_rerun_refreshes_text_and_keeps_image_features(posters_copy, text_encoder, image_encoder):
@@ -96,7 +96,8 @@ def test_text_only_rerun_refreshes_text_and_keeps_image_features(posters_copy, t
     assert _image_state(folder) == before
     with Store(folder / "store") as store:
         assert store.item_hashes()[catalog.item_id[0]][0] != old_text
-        assert all(store.get_item(i).modalities == ("image", "text") for i in catalog.item_id)
+        stored = store.stored_modalities()
+        assert all(stored[i] == {"image", "text"} for i in catalog.item_id)
 
     # The kept image hashes still describe the kept features, so turning images back on re-encodes nothing.
     third = _embed(edited, folder, config, text_encoder, image_encoder)

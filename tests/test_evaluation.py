@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmrec.data import ItemIndex, leave_one_out, load_interactions
+from mmrec.data import ItemIndex, build_behaviour, leave_one_out, load_interactions
 from mmrec.evaluation import METRICS, evaluate, metrics_from_ranks, paired_bootstrap, target_ranks, tie_counts
 
 N_ITEMS = 30
@@ -40,12 +40,33 @@ def _scores_with_rank(split, ranks: list[int], stage: str = "test") -> torch.Ten
     return scores
 
 
-def _fixed(scores: torch.Tensor):
-    return lambda batch, user_index: scores[user_index]
+class _Ranker:
+    """The least a model needs for evaluate(): ``max_len``, ``scores(batch, exclude)`` and ``eval()``; it scores
+    with ``score_fn(batch, users)``."""
+
+    def __init__(self, score_fn, max_len: int | None = None) -> None:
+        self.score_fn, self.max_len = score_fn, max_len
+
+    def scores(self, batch, exclude=None) -> torch.Tensor:
+        return self.score_fn(batch, batch.users)
+
+    def eval(self):
+        return self
+
+
+def _fixed(scores: torch.Tensor) -> _Ranker:
+    return _Ranker(lambda batch, user_index: scores[user_index])
+
+
+def _flat(batch, users) -> torch.Tensor:
+    return torch.zeros(len(users), N_ITEMS)
+
+
+BEHAVIOUR = build_behaviour(SPLIT)
 
 
 def test_rank_1_3_11_metrics_by_hand():
-    result = evaluate(_fixed(_scores_with_rank(SPLIT, [1, 3, 11])), SPLIT, "test", batch_size=2)
+    result = evaluate(_fixed(_scores_with_rank(SPLIT, [1, 3, 11])), BEHAVIOUR, "test", batch_size=2)
     assert result.per_user["rank"].tolist() == [1.0, 3.0, 11.0]
     per_user = {
         "recall@10": [1, 1, 0],
@@ -65,12 +86,12 @@ def test_valid_stage_masks_only_train():
     # at the valid stage the test item is not history, so it counts when it scores above the valid target
     scores = _scores_with_rank(SPLIT, [1, 1, 1], stage="valid")
     scores[0, 4] = 1000.0  # user 0's test item
-    result = evaluate(_fixed(scores), SPLIT, "valid")
+    result = evaluate(_fixed(scores), BEHAVIOUR, "valid")
     assert result.per_user["rank"].tolist() == [2.0, 1.0, 1.0]
     # at the test stage user 0's valid item 3 is history: a huge score there changes nothing
     test_scores = _scores_with_rank(SPLIT, [2, 2, 2])
     test_scores[0, 3] = 1e9
-    assert evaluate(_fixed(test_scores), SPLIT, "test").per_user["rank"].tolist() == [2.0, 2.0, 2.0]
+    assert evaluate(_fixed(test_scores), BEHAVIOUR, "test").per_user["rank"].tolist() == [2.0, 2.0, 2.0]
 
 
 def test_ties_never_favour_the_target():
@@ -81,7 +102,7 @@ def test_ties_never_favour_the_target():
     assert target_ranks(scores, target, exclude, "expected").item() == 3.0  # 1 + 1 + 2/2
     assert target_ranks(scores, target, exclude, "pessimistic").item() == 4.0  # 1 + 1 + 2
     # a constant scorer puts the target in the middle of everything that is not history
-    flat = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test")
+    flat = evaluate(_Ranker(_flat), BEHAVIOUR, "test")
     assert flat.per_user["rank"].tolist() == [1 + (N_ITEMS - 5) / 2] * 3
 
 
@@ -99,11 +120,11 @@ def test_tied_target_scores_the_expected_metric_not_the_metric_of_its_mean_rank(
     assert expected["ndcg@20"][0] == pytest.approx(np.mean(1 / np.log2(positions + 1)))
     assert expected["mrr@10"][0] == pytest.approx((1 / 8 + 1 / 9 + 1 / 10) / 5)
     # evaluate() applies it: a constant scorer ties the target with the 25 other items outside the history
-    flat = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test")
+    flat = evaluate(_Ranker(_flat), BEHAVIOUR, "test")
     assert flat.per_user["rank"].tolist() == [13.5] * 3
     assert flat.metrics["recall@10"] == pytest.approx(10 / 26) and flat.metrics["recall@20"] == pytest.approx(20 / 26)
     assert flat.metrics["ndcg@10"] == pytest.approx(np.sum(1 / np.log2(np.arange(2, 12))) / 26)
-    pessimistic = evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "test", tie_rule="pessimistic")
+    pessimistic = evaluate(_Ranker(_flat), BEHAVIOUR, "test", tie_rule="pessimistic")
     assert pessimistic.per_user["rank"].tolist() == [26.0] * 3 and pessimistic.metrics["recall@20"] == 0.0
     with pytest.raises(ValueError, match="whole-number tie groups"):
         metrics_from_ranks(np.array([10.25]), tied=np.array([4.0]))
@@ -117,28 +138,34 @@ def test_target_in_history_is_still_ranked():
 
 def test_bad_scores_raise():
     with pytest.raises(ValueError, match="NaN"):
-        evaluate(lambda b, u: torch.full((len(u), N_ITEMS), float("nan")), SPLIT, "test")
-    with pytest.raises(ValueError, match=r"score_fn: returned shape \(3, 29\), expected \(3, 30\)"):
-        evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS - 1), SPLIT, "test")
+        evaluate(_Ranker(lambda b, u: torch.full((len(u), N_ITEMS), float("nan"))), BEHAVIOUR, "test")
+    with pytest.raises(ValueError, match=r"scores: returned shape \(3, 29\), expected \(3, 30\)"):
+        evaluate(_Ranker(lambda b, u: torch.zeros(len(u), N_ITEMS - 1)), BEHAVIOUR, "test")
     with pytest.raises(ValueError, match="stage"):
-        evaluate(lambda b, u: torch.zeros(len(u), N_ITEMS), SPLIT, "train")
+        evaluate(_Ranker(_flat), BEHAVIOUR, "train")
 
 
 def test_cold_users_and_subsets():
     # user 1's test item 20 never occurs in training; user 0's test item 1 does (in user 1's train part)
     split = _split([[0, 2, 3, 4, 1], [1, 5, 6, 7, 20]])
     scores = _scores_with_rank(split, [1, 3])
-    result = evaluate(_fixed(scores), split, "test")
+    result = evaluate(_fixed(scores), build_behaviour(split), "test")
     assert split.cold_test_users().tolist() == [1]
     assert result.n_cold_users == 1 and result.is_cold.tolist() == [False, True]
     assert result.cold_metrics == {f"cold_{m}": result.per_user[m][1] for m in METRICS}
-    sub = evaluate(_fixed(scores), split, "test", users=np.array([0]))
+    sub = evaluate(_fixed(scores), build_behaviour(split), "test", users=np.array([0]))
     assert sub.n_users == 1 and sub.n_cold_users == 0 and math.isnan(sub.cold_metrics["cold_ndcg@10"])
     assert sub.to_dict()["cold_ndcg@10"] is None
-    # the batch handed to score_fn is the users' context, right-padded with n_items
+    # the batch handed to the model is the users' last max_len events, as wide as the longest, right-padded
+    # with n_items
     seen = []
-    evaluate(lambda b, u: (seen.append(b), scores[u])[1], split, "test", max_len=5)
-    assert seen[0].items.tolist() == [[0, 2, 3, 4, N_ITEMS], [1, 5, 6, 7, N_ITEMS]]
+    evaluate(_Ranker(lambda b, u: (seen.append(b), scores[u])[1], max_len=5), build_behaviour(split), "test")
+    assert seen[0].items.tolist() == [[0, 2, 3, 4], [1, 5, 6, 7]]
+    seen.clear()
+    uneven = _split([[0, 2, 3, 4, 1], [1, 5, 6, 7, 8, 9, 20]])  # test contexts of 4 and 6 events
+    evaluate(_Ranker(lambda b, u: (seen.append(b), _flat(b, u))[1], max_len=5), build_behaviour(uneven), "test")
+    assert seen[0].items.tolist() == [[0, 2, 3, 4, N_ITEMS], [5, 6, 7, 8, 9]]
+    assert seen[0].lengths.tolist() == [4, 5]
 
 
 def test_paired_bootstrap():

@@ -13,11 +13,13 @@ import pytest
 from mmrec import Recommender, Store
 from mmrec.cli import EXIT_FAILED, EXIT_REJECTED, EXIT_USAGE, main
 from mmrec.embed import EmbedConfig, embed_catalog
-from mmrec.jobs import refresh_store, train_store
-from mmrec.model import ModelConfig, ModelLoadError
-from mmrec.training import TrainConfig
+from mmrec.networks.model import ModelConfig
+from mmrec.serve.refresh import refresh_store
+from mmrec.train.config import TrainConfig
+from mmrec.train.jobs import train_store
+from mmrec.trained import ModelLoadError
 
-from ..conftest import embed_text_only, write_movielens_slice
+from .conftest import embed_text_only, write_movielens_slice
 
 
 def _one_epoch(use_image: bool) -> TrainConfig:
@@ -62,7 +64,7 @@ def trained_with_tags(folder, text_encoder) -> tuple[Path, Recommender, set]:
     and the tag events training logged (read before any test adds events to the store)."""
     store_dir = _train(folder, "trained", folder / "interactions.csv", folder / "tags.csv", text_encoder)
     rec = Recommender.load(store_dir, device="cpu")
-    rec._text_encoder = text_encoder
+    rec.folder._text_encoder = text_encoder
     return store_dir, rec, _logged_tags(store_dir)
 
 

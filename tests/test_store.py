@@ -1,10 +1,10 @@
-"""The store's own guarantees: opening it never waits for a writer, ids keep one order whatever else it holds."""
+"""The store's own guarantees: opening it never waits for a writer, a missing table is created on opening."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from mmrec.store import DB_NAME, Store, sort_ids
+from mmrec.store import DB_NAME, Store
 
 
 def test_opening_a_store_does_not_wait_for_another_process_writing(tmp_path):
@@ -28,8 +28,3 @@ def test_a_store_missing_a_table_gets_it_on_opening(tmp_path):
         db.execute("DROP TABLE text_cache")
     store = Store(tmp_path / "s")
     assert store.cached_texts(["k"]) == {}
-
-
-def test_ids_sort_numbers_first_then_strings_whatever_else_is_stored():
-    assert sort_ids(["110", "32", "2"]) == ["2", "32", "110"]
-    assert sort_ids(["110", "32", "sku-x1", "2", "b"]) == ["2", "32", "110", "b", "sku-x1"]

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from mmrec.baselines import (
-    BPR,
-    GRU4Rec,
-    PairData,
-    Popularity,
-    SASRec,
-    TrainConfig,
-    build_baseline,
-    fit,
-    seed_everything,
-)
-from mmrec.data import ItemIndex, context_batch, leave_one_out, load_interactions
+from mmrec.baselines import BPR, GRU4Rec, PairData, Popularity, SASRec, build_baseline
+from mmrec.data import ItemIndex, build_behaviour, leave_one_out, load_interactions
 from mmrec.evaluation import evaluate
+from mmrec.train.baselines import BaselineTrainConfig, fit_baseline
+from mmrec.train.loop import seed_everything
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from ..conftest import SHARED
+
 DATA = SHARED / "data" / "ml-latest-small"
 
 REFERENCE = SHARED / "baselines" / "ml-latest-small.md"  # RecBole 1.2.1's numbers on the same split (610 users)
@@ -64,8 +55,8 @@ def test_popularity_reproduces_reference(split, reference_pop):
     rank instead read NDCG@10 0.0178).
     """
     model = Popularity(split.n_items)
-    result = fit(model, split, TrainConfig(**QUICK))
-    test = evaluate(model.full_sort_scores, split, "test")
+    result = fit_baseline(model, split, BaselineTrainConfig(**QUICK))
+    test = evaluate(model, build_behaviour(split), "test")
     measured = {**test.metrics, "valid ndcg@10": result.best_valid.metrics["ndcg@10"]}
     assert {name: round(measured[name], 4) for name in reference_pop} == reference_pop
     assert result.best_epoch == 0 and result.epochs_run == 0
@@ -85,7 +76,7 @@ def test_bpr_negatives_avoid_training_items(split):
 def test_bpr_loss_decreases(split):
     seed_everything(0)
     model = BPR(split.n_users, split.n_items)
-    result = fit(model, split, TrainConfig(epochs=3, patience=3, **QUICK))
+    result = fit_baseline(model, split, BaselineTrainConfig(epochs=3, patience=3, **QUICK))
     losses = [h.loss for h in result.history]
     assert losses[0] > losses[1] > losses[2]
 
@@ -93,14 +84,14 @@ def test_bpr_loss_decreases(split):
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
 def test_sequential_baselines_learn_on_a_slice(split, name):
     """Two epochs on the 300 users with the shortest histories (~10k targets, 357 windows): the training loss
-    falls and fit() hands back the best epoch's weights."""
+    falls and fit_baseline() hands back the best epoch's weights."""
     part = split.select(np.sort(np.argsort(split.train.lengths, kind="stable")[:300]))
     seed_everything(0)
     model = build_baseline(name, part)
-    result = fit(model, part, TrainConfig(epochs=2, patience=2, **QUICK))
+    result = fit_baseline(model, part, BaselineTrainConfig(epochs=2, patience=2, **QUICK))
     assert result.epochs_run == 2
     assert result.history[1].loss < result.history[0].loss < np.log(split.n_items)
-    again = evaluate(model.full_sort_scores, part, "valid", max_len=model.max_len)
+    again = evaluate(model, build_behaviour(part), "valid")
     assert again.metrics["ndcg@10"] == pytest.approx(result.best_valid.metrics["ndcg@10"])
     assert again.metrics["ndcg@10"] == max(h.valid_ndcg10 for h in result.history)
 
@@ -109,10 +100,10 @@ def test_sequential_baselines_learn_on_a_slice(split, name):
 def test_sequential_models_are_causal_and_ignore_padding(split, cls):
     seed_everything(0)
     model = cls(split.n_items).eval()
-    batch = context_batch(split, "valid", np.arange(4), max_len=50)
+    batch = build_behaviour(split).context("valid", np.arange(4), max_len=50).padded(50)
     with torch.no_grad():
         hidden = model.encode(batch)
-        scores = model.full_sort_scores(batch, batch.users)
+        scores = model.scores(batch)
         # change everything after position 9 (items and padding): positions 0..9 must not move
         changed = batch.items.clone()
         changed[:, 10:] = torch.randint(0, split.n_items, changed[:, 10:].shape)

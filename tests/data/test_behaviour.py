@@ -5,8 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmrec.behaviour import ContextEvents, build_behaviour
-from mmrec.data import ItemIndex, leave_one_out, load_interactions
+from mmrec.data import ContextEvents, ItemIndex, build_behaviour, leave_one_out, load_interactions
 
 from ..conftest import ASSETS
 

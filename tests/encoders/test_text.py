@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmrec.catalog import compose_text
+from mmrec.io.catalog import compose_text
 from mmrec.encoders import Precision, TextEncoder, TextEncoderConfig
 from mmrec.encoders.precision import resolve_precision
 

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmrec.catalog import compose_text
+from mmrec.io.catalog import compose_text
 from mmrec.fusion import FusionConfig, ItemFusion, ModalityAttention
 
 from ..conftest import ASSETS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmrec.catalog import read_catalog
+from mmrec.io.catalog import read_catalog
 
 
 def test_extra_field_in_first_row_names_the_line(tmp_path):
@@ -111,7 +111,7 @@ def test_cli_prints_library_warnings_as_warning_lines(tmp_path, capsys, monkeypa
                                         ("items.jsonl", b'{"item_id": "1", "title": "Toy Story"}\n'
                                                         b'{"item_id": "2", "title": "Caf\xe9 Society"}\n')])
 def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(name, body, tmp_path):
-    from mmrec.data import read_table as read_any_table
+    from mmrec.io.tables import read_table as read_any_table
 
     path = tmp_path / name
     path.write_bytes(body)  # Latin-1 "é"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmrec.interest import InterestConfig, InterestModel, gap_buckets
-from mmrec.scorer import MLPScorer, ScorerConfig
+from mmrec.networks.interest import InterestConfig, InterestModel
+from mmrec.networks.scorer import MLPScorer, ScorerConfig
 
 
 def test_one_step_at_a_time_equals_the_whole_sequence():
@@ -35,13 +35,6 @@ def test_event_text_changes_the_input_only_where_present():
                                    torch.zeros(1, 2, dtype=torch.long), texts, torch.tensor([[True, False]]))
     assert not torch.allclose(with_text[0, 0], base[0, 0])
     torch.testing.assert_close(with_text[0, 1], base[0, 1])
-
-
-def test_gap_buckets_are_log_spaced_and_bounded():
-    seconds = np.array([-5, 0, 1, 3600, 86400, 365 * 86400, 10**12])
-    buckets = gap_buckets(seconds, 28)
-    assert buckets.tolist() == [0, 0, 1, 11, 16, 24, 27]
-    assert gap_buckets(torch.from_numpy(seconds), 28).tolist() == buckets.tolist()
 
 
 def test_scorer_gives_probabilities_and_follows_the_dot_product_at_init():

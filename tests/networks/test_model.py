@@ -3,12 +3,17 @@
 import json
 import os
 import pathlib
+from dataclasses import replace
 
 import pytest
 import torch
 
+from mmrec.data import SequenceBatch
+from mmrec.features import ItemFeatures
 from mmrec.fusion import FusionConfig
-from mmrec.model import ItemFeatures, ModelConfig, ModelLoadError, MultimodalRecommender
+from mmrec.networks.model import ModelConfig, MultimodalRecommender, NewItemPolicy
+from mmrec.networks.scorer import ScorerConfig
+from mmrec.trained import ModelLoadError, TrainedModel
 
 
 def _features(n: int = 40) -> ItemFeatures:
@@ -48,25 +53,28 @@ def test_cold_loss_runs_only_when_the_model_has_both_ids_and_content():
     features = _features()
     for use_text, use_id, expected in ((True, True, True), (True, False, False), (False, True, False)):
         config = ModelConfig(use_text=use_text, use_image=use_text, use_id=use_id)
-        config.fusion.n_items = len(features) if use_id else 0
+        config = replace(config, fusion=replace(config.fusion, n_items=len(features) if use_id else 0))
         parts = _loss_parts(MultimodalRecommender(config), features)
         assert ("cold" in parts) == expected and parts["next_item"] > 0
 
 
-def _loss_parts(model, features):
-    from mmrec.behaviour import BehaviourBatch
+def _context(n_items: int, targets: torch.Tensor | None = None) -> SequenceBatch:
+    """One user who saw items 0, 1, 2."""
+    return SequenceBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
+                         gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
+                         lengths=torch.tensor([3]), users=torch.tensor([0]), n_items=n_items, targets=targets)
 
+
+def _loss_parts(model, features):
     n = len(features)
-    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
-                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
-                           lengths=torch.tensor([3]), users=torch.tensor([0]),
-                           targets=torch.tensor([[1, 2, 3, n]]))
-    _, parts = model.loss(batch, features)
-    return parts
+    model.bind(features)
+    loss = model.loss(_context(n, targets=torch.tensor([[1, 2, 3, n]])))
+    assert torch.isfinite(loss)
+    return model.loss_parts
 
 
 def test_weight_average_is_a_bias_corrected_ema_of_the_weights():
-    from mmrec.training import WeightAverage
+    from mmrec.train.loop import WeightAverage
 
     model = torch.nn.Linear(3, 2)
     average = WeightAverage(model, decay=0.9)
@@ -87,39 +95,30 @@ def test_weight_average_is_a_bias_corrected_ema_of_the_weights():
 
 
 def test_new_item_bias_lifts_only_items_never_seen_in_training():
-    from mmrec.behaviour import BehaviourBatch
-
     torch.manual_seed(0)
     features = _features()
-    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features))))
-    model.config.scorer.rerank = 0
-    model.eval()
-    vectors = model.item_vectors(features)
-    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
-                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
-                           lengths=torch.tensor([3]), users=torch.tensor([0]))
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)),
+                                              scorer=ScorerConfig(rerank=0)))
+    model.eval().bind(features)
+    batch = _context(len(features))
     new = ~features.known
-    plain = model.full_sort_scores(batch, vectors, new_items=new)
-    model.config.new_item_bias = 2.5
-    lifted = model.full_sort_scores(batch, vectors, new_items=new)
+    plain = model.scores(batch)
+    model.new_items = NewItemPolicy(bias=2.5)
+    lifted = model.scores(batch)
     assert torch.allclose(lifted[:, new], plain[:, new] + 2.5)
     assert torch.equal(lifted[:, ~new], plain[:, ~new])
 
 
 def test_excluded_items_stay_excluded_when_the_re_ranker_sees_the_whole_catalogue():
-    from mmrec.behaviour import BehaviourBatch
-
     torch.manual_seed(0)
     features = _features()  # 40 items, fewer than the 100 the MLP re-ranks: masked items are among its top k
     model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)))).eval()
     assert model.config.scorer.rerank >= len(features)
-    batch = BehaviourBatch(items=torch.tensor([[0, 1, 2]]), events=torch.zeros(1, 3, dtype=torch.long),
-                           gaps=torch.zeros(1, 3, dtype=torch.long), texts=torch.full((1, 3), -1),
-                           lengths=torch.tensor([3]), users=torch.tensor([0]))
+    batch = _context(len(features))
     exclude = torch.zeros(1, len(features), dtype=torch.bool)
     exclude[0, [0, 1, 2, 17]] = True
     with torch.no_grad():
-        scores = model.full_sort_scores(batch, model.item_vectors(features), exclude)
+        scores = model.bind(features).scores(batch, exclude)
     assert torch.equal(torch.isinf(scores), exclude) and (scores[exclude] < 0).all()
 
 
@@ -129,7 +128,7 @@ def test_new_items_built_from_text_alone_ignore_only_their_own_posters():
     model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)))).eval()
     with torch.no_grad():
         every_signal = model.item_vectors(features)
-        model.config.new_item_text_only = True
+        model.new_items = NewItemPolicy(text_only=True)
         text_first = model.item_vectors(features)
         no_posters = features.present.clone()
         no_posters[:, 1] = False
@@ -142,23 +141,23 @@ def test_new_items_built_from_text_alone_ignore_only_their_own_posters():
     model.train()  # the content-only vectors training regresses onto full ones keep their posters
     torch.manual_seed(0)
     trained_view = model.item_vectors(features)
-    model.config.new_item_text_only = False
+    model.new_items = NewItemPolicy(text_only=False)
     torch.manual_seed(0)
     assert torch.equal(trained_view, model.item_vectors(features))
 
 
 def test_new_items_with_a_text_take_the_vectors_of_the_trained_items_with_the_nearest_texts(monkeypatch):
-    from mmrec import model as model_module
+    from mmrec.networks import model as model_module
 
     features = _features()
     features.text[-4] = features.text[3] + 0.01 * torch.randn(384)  # a new item written like trained item 3
     features.present[-1] = torch.tensor([False, True])  # a new item without text keeps its own (poster) vector
-    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features)), new_item_neighbours=1))
+    model = MultimodalRecommender(ModelConfig(fusion=FusionConfig(n_items=len(features))), NewItemPolicy(neighbours=1))
     model.eval()
     monkeypatch.setattr(model_module, "_SIMILARITY_BLOCK", 40)  # one new item per block: blocks join up right
     with torch.no_grad():
         vectors = model.item_vectors(features)
-        model.config.new_item_neighbours = 0
+        model.new_items = NewItemPolicy(neighbours=0)
         content = model.item_vectors(features)
     trained = features.known
     assert torch.equal(vectors[trained], content[trained]) and torch.equal(vectors[-1], content[-1])
@@ -166,21 +165,21 @@ def test_new_items_with_a_text_take_the_vectors_of_the_trained_items_with_the_ne
                           torch.nn.functional.normalize(content[3], dim=0), atol=1e-6)
     assert torch.allclose(vectors[-4:-1].norm(dim=1), content[trained].norm(dim=1).mean().expand(3))
     # several neighbours: a softmax-weighted mean; the default temperature all but ignores unrelated texts
-    model.config.new_item_neighbours = 5
+    model.new_items = NewItemPolicy(neighbours=5)
     with torch.no_grad():
         sharp = model.item_vectors(features)
-        model.config.new_item_neighbour_temperature = 10.0
+        model.config = replace(model.config, new_item_neighbour_temperature=10.0)
         flat = model.item_vectors(features)
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(sharp[-4], content[3], dim=0) > 0.999 > 0.9 > cosine(flat[-4], content[3], dim=0)
     model.train()  # training's content-only vectors (the cold loss) never borrow
     torch.manual_seed(0)
     borrowed = model.item_vectors(features)
-    model.config.new_item_neighbours = 0
+    model.new_items = NewItemPolicy(neighbours=0)
     torch.manual_seed(0)
     assert torch.equal(borrowed, model.item_vectors(features))
-    with pytest.raises(ValueError, match="new_item_neighbours"):
-        ModelConfig(new_item_neighbours=-1)
+    with pytest.raises(ValueError, match="neighbours"):
+        NewItemPolicy(neighbours=-1)
     with pytest.raises(ValueError, match="new_item_neighbour_temperature"):
         ModelConfig(new_item_neighbour_temperature=0.0)
 
@@ -191,8 +190,9 @@ def _small(n_items: int) -> MultimodalRecommender:
 
 def test_save_load_round_trip_is_exact(tmp_path):
     model = _small(40).eval()
-    model.save(tmp_path, {"item_ids": ["1", "2"]})
-    loaded, meta = MultimodalRecommender.load(tmp_path)
+    TrainedModel(model, {"item_ids": ["1", "2"]}).save(tmp_path)
+    trained = TrainedModel.load(tmp_path)
+    loaded, meta = trained.network, trained.meta
     assert meta["item_ids"] == ["1", "2"]
     features = _features()
     with torch.no_grad():
@@ -200,42 +200,42 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 def test_save_puts_each_file_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
-    _small(40).save(tmp_path, {})  # the model a crash must not lose
+    TrainedModel(_small(40), {}).save(tmp_path)  # the model a crash must not lose
     steps = []
     fsync, replace = os.fsync, pathlib.Path.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (steps.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
     monkeypatch.setattr(pathlib.Path, "replace",
                         lambda self, target: (steps.append(("replace", self.stat().st_ino)), replace(self, target))[1])
-    _small(65).save(tmp_path, {})
+    TrainedModel(_small(65), {}).save(tmp_path)
     renamed = [ino for step, ino in steps if step == "replace"]
     assert len(renamed) == 2
     for ino in renamed:
         assert steps.index(("fsync", ino)) < steps.index(("replace", ino))
     if os.name == "posix":
         assert steps[-1] == ("fsync", tmp_path.stat().st_ino)  # the renames are durable too
-    assert MultimodalRecommender.load(tmp_path)[0].config.fusion.n_items == 65
+    assert TrainedModel.load(tmp_path).network.config.fusion.n_items == 65
 
 
 def test_weights_from_another_save_are_refused_not_half_loaded(tmp_path):
     # what a crash between the two renames leaves: the new model's weights beside the old model's config
-    _small(40).save(tmp_path / "old", {})
-    _small(65).save(tmp_path / "new", {})
+    TrainedModel(_small(40), {}).save(tmp_path / "old")
+    TrainedModel(_small(65), {}).save(tmp_path / "new")
     (tmp_path / "new" / "model.safetensors").replace(tmp_path / "old" / "model.safetensors")
     with pytest.raises(ModelLoadError, match="does not belong to"):
-        MultimodalRecommender.load(tmp_path / "old")
+        TrainedModel.load(tmp_path / "old")
 
 
 def test_unreadable_files_are_model_load_errors(tmp_path):
-    _small(40).save(tmp_path, {})
+    TrainedModel(_small(40), {}).save(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match="does not belong to"):
-        MultimodalRecommender.load(tmp_path)
+        TrainedModel.load(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     del meta["weights_sha256"]  # as saved before the hash existed: the file itself must still be checked
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="does not fit"):
-        MultimodalRecommender.load(tmp_path)
+        TrainedModel.load(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="is not a model config"):
-        MultimodalRecommender.load(tmp_path)
+        TrainedModel.load(tmp_path)

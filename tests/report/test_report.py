@@ -1,6 +1,7 @@
 """The cold-start protocol and the quality report, on a real slice of MovieLens (text features)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ import pytest
 from mmrec import Store
 from mmrec.data import ItemIndex, hold_out_items, leave_one_out, load_interactions
 from mmrec.evaluation import paired_bootstrap
+from mmrec.networks.model import ModelConfig
 from mmrec.report import QualityConfig, read_reference, run_report
-from mmrec.training import TrainConfig, load_training_data
+from mmrec.report.cache import fingerprint, load_runs
+from mmrec.train.config import TrainConfig
+from mmrec.train.data import load_training_data
 
 from ..conftest import ASSETS, SHARED, embed_text_only, write_movielens_slice
 
@@ -130,9 +134,9 @@ def test_report_writes_table_checks_plots_and_resumes(slice_store, tmp_path):
         models=("pop", "id", "text+id", "bpr"), seeds=(0, 1), ours="text+id", train=config.train,
         bootstrap_resamples=200), slice_store / "tags.csv", on_run=again.append, train=False)
     assert again == [] and len(rebuilt.runs) == 12  # nothing trained: bpr has no runs, so no row
-    config.train.epochs = 1
+    one_epoch = replace(config.train, epochs=1)
     run_report(store, slice_store / "interactions.csv", tmp_path, QualityConfig(
-        models=("id",), seeds=(0,), protocols=("standard",), ours="id", train=config.train,
+        models=("id",), seeds=(0,), protocols=("standard",), ours="id", train=one_epoch,
         bootstrap_resamples=200), on_run=again.append)
     assert len(again) == 1  # other settings: retrained, not reused
     # rebuilding without the options the runs were made with would give an empty table: refused, naming the way out
@@ -205,23 +209,24 @@ def test_read_reference_finds_the_ndcg10_column_of_the_first_table_that_has_one(
     assert read_reference(path) == {"pop": 0.3, "sasrec": 0.7}
 
 
-def test_where_a_run_trains_does_not_change_its_fingerprint():
-    from mmrec.report import _fingerprint
+def _carried(**policy) -> ModelConfig:
+    """A model config read from a save of before the new-item policy was kept apart, with the ``new_item_*``
+    outputs of calibration it then held: they are dropped, not settings."""
+    return ModelConfig.from_dict({**ModelConfig().to_dict(), **{f"new_item_{k}": v for k, v in policy.items()}})
 
+
+def test_where_a_run_trains_does_not_change_its_fingerprint():
     on_gpu = QualityConfig(device="cuda", train=TrainConfig(epochs=60, patience=8, device="cuda"))
     on_cpu = QualityConfig(device="cpu", threads=2, jobs=3, train=TrainConfig(epochs=60, patience=8, device="cpu"))
-    assert _fingerprint(on_gpu) == _fingerprint(on_cpu)
-    assert _fingerprint(on_cpu) != _fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
+    assert fingerprint(on_gpu) == fingerprint(on_cpu)
+    assert fingerprint(on_cpu) != fingerprint(QualityConfig(train=TrainConfig(epochs=30, patience=8)))
     # training chooses how new items are lifted and built, whatever the config carried in
-    chosen = TrainConfig(epochs=60, patience=8)
-    chosen.model.new_item_bias, chosen.model.new_item_logit_bias, chosen.model.new_item_text_only = 1.0, 0.5, True
-    assert _fingerprint(QualityConfig(train=chosen)) == _fingerprint(on_cpu)
+    chosen = TrainConfig(epochs=60, patience=8, model=_carried(bias=1.0, logit_bias=0.5, text_only=True))
+    assert fingerprint(QualityConfig(train=chosen)) == fingerprint(on_cpu)
 
 
 def test_runs_trained_in_worker_processes_equal_runs_trained_one_by_one(slice_store, tmp_path):
     """``jobs`` only changes how long the report takes: at the same thread count a short CPU run repeats exactly."""
-    from dataclasses import replace
-
     store = Store(slice_store / "store")
     config = QualityConfig(models=("pop", "bpr", "text+id"), seeds=(0,), ours="text+id", threads=1,
                            train=TrainConfig(epochs=2, patience=2, show_progress=False), baseline_epochs=3,
@@ -250,36 +255,31 @@ class _EndsTheProcessThatUnpicklesIt:
 
 
 def test_a_failed_or_killed_worker_names_the_runs_it_leaves_unfinished(slice_store, tmp_path):
-    from mmrec.report import _Source, _train_in_workers
+    from mmrec.report.runner import Source, train_in_workers
 
     config = QualityConfig(models=("pop",), seeds=(0,), jobs=2, threads=1, device="cpu")
     pending = [("standard", 0, "pop"), ("cold", 0, "pop")]
     recorded = []
     store = Store(slice_store / "store")
-    missing = _Source(store, tmp_path / "gone.csv", None, "error")
+    missing = Source(store, tmp_path / "gone.csv", None, "error")
     with pytest.raises(RuntimeError, match=r"seed 0: pop failed: .*gone\.csv"):
-        _train_in_workers(pending, missing, config, lambda *run: recorded.append(run))
-    killed = _Source(store, _EndsTheProcessThatUnpicklesIt(), None, "error")
+        train_in_workers(pending, missing, config, lambda *run: recorded.append(run))
+    killed = Source(store, _EndsTheProcessThatUnpicklesIt(), None, "error")
     with pytest.raises(RuntimeError, match=r"worker process was killed .* cold protocol, seed 0: pop; "
                                            r"standard protocol, seed 0: pop\. Finished runs are kept"):
-        _train_in_workers(pending, killed, config, lambda *run: recorded.append(run))
+        train_in_workers(pending, killed, config, lambda *run: recorded.append(run))
     assert recorded == []
 
 
 def test_the_exposure_target_is_a_setting_runs_depend_on():
-    from mmrec.report import _fingerprint
-
-    assert _fingerprint(QualityConfig(exposure_ratio=0.0)) != _fingerprint(QualityConfig())
+    assert fingerprint(QualityConfig(exposure_ratio=0.0)) != fingerprint(QualityConfig())
     with pytest.raises(ValueError, match="exposure_ratio"):
         QualityConfig(exposure_ratio=-0.5)
 
 
 def test_text_runs_from_before_the_new_item_content_choices_are_retrained(tmp_path, caplog):
-    from mmrec.report import _fingerprint, _load_runs
-
-    chosen = QualityConfig()
-    chosen.train.model.new_item_text_only, chosen.train.model.new_item_neighbours = True, 20
-    assert _fingerprint(chosen) == _fingerprint(QualityConfig())  # outputs of calibration, not settings
+    chosen = QualityConfig(train=replace(QualityConfig().train, model=_carried(text_only=True, neighbours=20)))
+    assert fingerprint(chosen) == fingerprint(QualityConfig())  # outputs of calibration, not settings
     runs = tmp_path / "runs.jsonl"
     old = {"protocol": "cold", "seed": 0, "fingerprint": "f"}
     both = {"new_item_text_only": False, "new_item_neighbours": 0}
@@ -288,26 +288,24 @@ def test_text_runs_from_before_the_new_item_content_choices_are_retrained(tmp_pa
         ("image+id", {}), ("text+id", {"new_item_neighbours": 0}), ("sasrec", {})]))
     outdated: set = set()
     # text alone is chosen for models reading text and images, neighbours for models reading text
-    assert sorted(_load_runs(runs, "f", outdated=outdated)) == [
+    assert sorted(load_runs(runs, "f", outdated=outdated)) == [
         ("cold", "image+id", 0), ("cold", "sasrec", 0), ("cold", "text+id", 0), ("cold", "text+image", 0)]
     assert outdated == {("cold", "text+image+id", 0), ("cold", "text", 0)}
     config = QualityConfig(models=("text+image+id",), seeds=(0,), protocols=("cold",))
-    runs.write_text(json.dumps({**old, "model": "text+image+id", "fingerprint": _fingerprint(config)}) + "\n")
+    runs.write_text(json.dumps({**old, "model": "text+image+id", "fingerprint": fingerprint(config)}) + "\n")
     with pytest.raises(ValueError,
                        match=r"\(1 of them predate training's choice of new items' content on validation\)"):
         run_report(None, None, tmp_path, config, train=False)
 
 
 def test_popularity_runs_recorded_under_the_older_tie_rule_are_redone(tmp_path):
-    from mmrec.report import _load_runs
-
     runs = tmp_path / "runs.jsonl"
     old = {"protocol": "standard", "seed": 0, "fingerprint": "f"}
     runs.write_text("\n".join(json.dumps({**old, "model": m, **extra}) for m, extra in [
         ("pop", {}), ("id", {}), ("bpr", {"tie_rule": "expected"})]) + "\n")
-    assert sorted(_load_runs(runs, "f")) == [("standard", "bpr", 0), ("standard", "id", 0)]
+    assert sorted(load_runs(runs, "f")) == [("standard", "bpr", 0), ("standard", "id", 0)]
     runs.write_text(json.dumps({**old, "model": "pop", "tie_rule": "expected"}) + "\n")
-    assert list(_load_runs(runs, "f")) == [("standard", "pop", 0)]
+    assert list(load_runs(runs, "f")) == [("standard", "pop", 0)]
 
 
 def test_no_train_without_finished_runs_is_an_error_not_an_empty_report(slice_store, tmp_path):
@@ -319,11 +317,9 @@ def test_no_train_without_finished_runs_is_an_error_not_an_empty_report(slice_st
 
 
 def test_no_train_redoes_popularity_runs_from_before_the_tie_rule(slice_store, tmp_path):
-    from mmrec.report import _fingerprint
-
     config = QualityConfig(models=("pop",), seeds=(0,), protocols=("standard",), bootstrap_resamples=200)
     tmp_path.joinpath("runs.jsonl").write_text(json.dumps(
-        {"protocol": "standard", "model": "pop", "seed": 0, "fingerprint": _fingerprint(config)}) + "\n")
+        {"protocol": "standard", "model": "pop", "seed": 0, "fingerprint": fingerprint(config)}) + "\n")
     redone = []
     summary = run_report(Store(slice_store / "store"), slice_store / "interactions.csv", tmp_path, config,
                          on_run=redone.append, train=False)

@@ -1,10 +1,9 @@
-"""The Python API and the batch refresh, on a model trained on a real slice of MovieLens (text features)."""
+"""The Python API (:class:`mmrec.Recommender`) and the evaluation job, on a model trained on a real slice of MovieLens
+(text features; the store comes from ``conftest.py``)."""
 
 import json
 import math
-import shutil
-import subprocess
-import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,51 +13,11 @@ import torch
 from mmrec import Recommender, Store
 from mmrec.cli import EXIT_OK, main
 from mmrec.embed import EmbedConfig, embed_catalog
-from mmrec.jobs import evaluate_store, refresh_store, train_store
-from mmrec.model import ModelLoadError
-from mmrec.store import UserState
-from mmrec.training import TrainConfig
+from mmrec.train.jobs import evaluate_store
+from mmrec.trained import ModelLoadError
 
-from ..conftest import REPO, embed_text_only, write_movielens_slice
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, text_encoder):
-    """The 800 most-rated movies and the interactions of users 1-150 on them (149 users rated one); 3 epochs."""
-    folder = write_movielens_slice(tmp_path_factory.mktemp("api"), n_items=800, max_user=150)
-    store_dir = folder / "store"
-    embed_text_only(folder, store_dir, text_encoder)
-    summary = train_store(store_dir, folder / "interactions.csv", folder / "tags.csv",
-                          TrainConfig(epochs=3, show_progress=False), log=None, text_encoder=text_encoder)
-    rec = Recommender.load(store_dir, device="cpu")
-    rec._text_encoder = text_encoder
-    return folder, store_dir, rec, summary
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained, text_encoder):
-    """``evaluate_store`` of the trained store (valid and test), computed once for the tests that read it."""
-    folder, store_dir, _, _ = trained
-    return evaluate_store(store_dir, folder / "interactions.csv", folder / "tags.csv", text_encoder=text_encoder)
-
-
-PROBE = ["260", "1210", "17", "2571", "318", "1196"]
-
-
-def _reference_top(rec, interest, exclude, k):
-    """Top ``k`` item ids in the order evaluation measures (``MultimodalRecommender.rerank``) for ``interest``, with
-    the items ``exclude`` masked out, computed without ``Recommender.recommend``."""
-    with torch.no_grad():
-        dot = rec.item_vectors @ interest + rec.model.config.new_item_bias * rec._new_items
-        if exclude:
-            dot[torch.tensor([rec.item_ids.index(i) for i in exclude])] = float("-inf")
-        scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
-    return [rec.item_ids[i] for i in scores.topk(k).indices.tolist()]
-
-
-def _history(log):
-    """A stored event log ``[(timestamp, item_id, event, text)]`` as a ``score(history=...)`` argument."""
-    return [(item, event, ts, text) for ts, item, event, text in log]
+from ..conftest import REPO, copy_store
+from .conftest import PROBE, history_of, reference_top
 
 
 def test_training_summary_and_files(trained):
@@ -115,7 +74,7 @@ def test_recommend_with_exclude_seen_false_ranks_seen_items_too(trained):
     # exclude_seen=False may return them
     assert seen & set(ids)
     assert not seen & {i for i, _ in rec.recommend("1", k=20)}
-    assert ids == _reference_top(rec, rec._user_interest("1"), set(), 20)
+    assert ids == reference_top(rec, rec._user_interest("1"), set(), 20)
     np.testing.assert_allclose([p for _, p in everything], rec.score("1", ids), rtol=1e-5)
 
 
@@ -131,7 +90,7 @@ def test_unknown_user_is_scored_from_the_models_learned_initial_state(trained):
     np.testing.assert_allclose(rec.score("never-seen-user", PROBE), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rec.score(history=[], item_ids=PROBE), expected, rtol=1e-5, atol=1e-6)
     served = rec.recommend("never-seen-user", k=10)
-    assert [i for i, _ in served] == _reference_top(rec, initial, set(), 10)
+    assert [i for i, _ in served] == reference_top(rec, initial, set(), 10)
     assert "never-seen-user" not in rec.store.get_users(["never-seen-user"])  # scoring stores no state
 
 
@@ -170,51 +129,12 @@ def test_out_of_order_event_recomputes_from_the_log(trained):
     np.testing.assert_allclose(rec.score(user, ["318"]), rec.score(history=history, item_ids=["318"]), rtol=1e-5)
 
 
-def test_refresh_applies_events_rejects_bad_rows_and_is_idempotent(trained, tmp_path):
-    _, store_dir, rec, _ = trained
-    rows = pd.DataFrame({
-        "user_id": ["3", "3", "5", "5", "9", "9", "9"],
-        "item_id": ["260", "1210", "318", "no-such-item", "296", "593", "2571"],
-        "timestamp": ["2000000000", "2000000100", "2000000000", "2000000001", "not-a-time", "2000000002",
-                      "2000000003"],
-        "event": ["interaction", "interaction", "interaction", "interaction", "interaction", "purchase",
-                  "interaction"],
-    })
-    rows.to_csv(tmp_path / "events.csv", index=False)
-    before = Store(store_dir).get_users(["3", "5", "9"])
-    report = refresh_store(store_dir, tmp_path / "events.csv")
-    assert (report.users_refreshed, report.events_applied, report.events_duplicate) == (3, 4, 0)
-    reasons = {r["row"]: r["reason"] for r in report.rejected}
-    assert set(reasons) == {4, 5, 6}
-    assert "unknown item_id" in reasons[4] and "timestamp" in reasons[5] and "known events" in reasons[6]
-    after = Store(store_dir).get_users(["3", "5", "9"])
-    for user in ("3", "5", "9"):
-        assert not np.allclose(before[user].interest, after[user].interest)
-    assert after["3"].n_events == before["3"].n_events + 2
-
-    again = refresh_store(store_dir, tmp_path / "events.csv")
-    assert (again.users_refreshed, again.events_applied, again.events_duplicate) == (0, 0, 4)
-    for user, state in Store(store_dir).get_users(["3", "5", "9"]).items():
-        np.testing.assert_array_equal(state.interest, after[user].interest)
-
-
-def test_refresh_script_exit_status_and_json(trained, tmp_path):
-    _, store_dir, _, _ = trained
-    pd.DataFrame({"user_id": ["11"], "item_id": ["260"], "timestamp": [2100000000]}).to_csv(
-        tmp_path / "ok.csv", index=False)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "refresh_interests.py"), "--store",
-                           str(store_dir), "--events", str(tmp_path / "ok.csv"), "--json"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["events_applied"] == 1 and summary["rejected"] == []
-
-
 METRIC_KEYS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10"}
 
 
 def test_evaluate_reports_each_stage_on_its_own_targets(trained, evaluated, text_encoder):
-    from mmrec.training import evaluate_model, load_training_data
+    from mmrec.train.data import load_training_data
+    from mmrec.train.evaluate import evaluate_model
 
     folder, store_dir, rec, _ = trained
     counts = pd.read_csv(folder / "interactions.csv").user_id.value_counts()
@@ -225,7 +145,7 @@ def test_evaluate_reports_each_stage_on_its_own_targets(trained, evaluated, text
     # The test stage is measured on each user's last interaction, not on the validation one: its metrics equal a
     # separate evaluation of the test stage alone and differ from the validation metrics.
     data = load_training_data(Store(store_dir), folder / "interactions.csv", folder / "tags.csv", text_encoder)
-    test = evaluate_model(rec.model, data, "test", rec.max_len).metrics
+    test = evaluate_model(rec.model, data, "test").metrics
     assert any(test[m] != pytest.approx(evaluated["valid"][m]) for m in METRIC_KEYS)
     for m in METRIC_KEYS:
         assert evaluated["test"][m] == pytest.approx(test[m], rel=1e-6), m
@@ -253,10 +173,8 @@ def test_evaluate_cli_prints_one_json_object_with_every_stages_metrics(trained, 
 
 def test_load_refuses_features_from_another_encoder(trained, tmp_path):
     _, store_dir, _, _ = trained
-    import shutil
-
     copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
+    copy_store(store_dir, copy)
     store = Store(copy)
     store.db.execute("UPDATE features SET encoder = 'some-other-model@123' WHERE item_id = '260'")
     store.close()
@@ -271,7 +189,7 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
     # A real movie outside the training slice, added to a copy of the store after training: embedded from its
     # text alone, no ID, no interactions.
     copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
+    copy_store(store_dir, copy)
     catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
     everything = pd.read_csv(REPO / "assets" / "ml-latest-small" / "items.csv", dtype=str, keep_default_na=False)
     newcomer = everything[~everything.item_id.isin(catalogue.item_id)].iloc[:1]
@@ -279,9 +197,16 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
     embed_catalog(tmp_path / "items.csv", copy, EmbedConfig(use_images=False, text_columns=["title", "genres"]),
                   text_encoder=text_encoder)
     rec = Recommender.load(copy, device="cpu")  # its own model config: the shared fixture's stays untouched
-    new_id, config = newcomer.item_id.iloc[0], rec.model.config
+    new_id = newcomer.item_id.iloc[0]
     assert new_id in rec.item_ids and new_id not in rec.meta["item_ids"]
-    config.new_item_bias = config.new_item_logit_bias = 0.0
+
+    def policy(**lifts):
+        rec.model.new_items = replace(rec.model.new_items, **lifts)
+
+    def rerank(k):
+        rec.model.config = replace(rec.model.config, scorer=replace(rec.model.config.scorer, rerank=k))
+
+    policy(bias=0.0, logit_bias=0.0)
 
     def rank(user):
         return [i for i, _ in rec.recommend(user, k=len(rec.item_ids))].index(new_id)
@@ -295,11 +220,12 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
 
     def ranks(user):
         """(rank by retrieval alone, rank by retrieval lifted by 1e3 so the new item is re-ranked), no lifts."""
-        config.scorer.rerank = 0
+        rerank(0)
         by_dot = rank(user)
-        config.scorer.rerank, config.new_item_bias = 100, 1e3
+        rerank(100)
+        policy(bias=1e3)
         reranked = rank(user)
-        config.new_item_bias = 0.0
+        policy(bias=0.0)
         return by_dot, reranked
 
     # recommendable at once, and (for this user) not already first either way, so a lift has room to act
@@ -310,10 +236,12 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
     dot_lift, logit_lift = lifts(user)
 
     # the retrieval lift moves the new item up the dot-product order (rerank=0: retrieval alone)
-    config.scorer.rerank, config.new_item_bias = 0, dot_lift
+    rerank(0)
+    policy(bias=dot_lift)
     assert rank(user) < by_dot
     # the re-ranker's logit lift moves it up among the re-ranked candidates
-    config.scorer.rerank, config.new_item_bias, config.new_item_logit_bias = 100, 1e3, logit_lift
+    rerank(100)
+    policy(bias=1e3, logit_bias=logit_lift)
     lifted = rec.recommend(user, k=len(rec.item_ids))
     assert [i for i, _ in lifted].index(new_id) < reranked
     # score, and the probabilities recommend reports, are the re-ranker's unlifted ones
@@ -324,7 +252,7 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
 def test_evaluate_ranks_an_item_embedded_after_training_as_a_new_item(trained, evaluated, tmp_path, text_encoder):
     folder, store_dir, _, _ = trained
     copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
+    copy_store(store_dir, copy)
     everything = pd.read_csv(REPO / "assets" / "ml-latest-small" / "items.csv", dtype=str, keep_default_na=False)
     catalogue = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
     # ids that sort among the trained ones: a mapping by position would hand them (and all after) the wrong ID rows
@@ -351,73 +279,8 @@ def test_feature_matrix_of_a_modality_the_store_lacks_has_no_columns(trained):
     assert store.feature_matrix("image", ["260", "1210"])[1].shape == (2, 0)
 
 
-def test_refresh_rebuild_recomputes_every_user_from_the_log(trained, tmp_path, capsys):
-    _, store_dir, _, _ = trained
-    copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
-    rec = Recommender.load(copy, device="cpu")
-    logs = rec.store.user_events()
-    users = sorted(u for u, rows in logs.items() if rows)
-    original = rec.store.get_users(users)
-    assert len(users) >= 149
-
-    def wipe():  # stored states that no longer match the log: only a recompute restores them
-        store = Store(copy, create=False)
-        store.put_users([UserState(u, s.model, np.zeros_like(s.state), np.zeros_like(s.interest), s.last_timestamp,
-                                   s.n_events) for u, s in original.items()])
-        store.close()
-
-    def assert_recomputed():
-        rebuilt = Store(copy, create=False).get_users(users)
-        for u in users:
-            np.testing.assert_allclose(rebuilt[u].interest, original[u].interest, rtol=1e-4, atol=1e-5, err_msg=u)
-        for u in ("1", "7"):  # equal to a fresh computation from the log
-            np.testing.assert_allclose(rec.score(u, PROBE), rec.score(history=_history(logs[u]), item_ids=PROBE),
-                                       rtol=1e-5, atol=1e-6)
-
-    wipe()
-    report = refresh_store(copy, rebuild=True)
-    assert (report.users_recomputed, report.users_refreshed, report.events_applied) == (len(users), len(users), 0)
-    assert_recomputed()
-
-    wipe()
-    assert main(["refresh", "--store", str(copy), "--rebuild", "--json"]) == EXIT_OK
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["users_recomputed"] == len(users) and summary["rejected"] == []
-    assert_recomputed()
-
-
-def test_refresh_recomputes_users_with_an_older_event_from_their_log(trained, tmp_path):
-    _, store_dir, rec, _ = trained
-    logs = rec.store.user_events([str(u) for u in range(12, 151)])
-    # a trained user with a short history (so the late event stays within max_len) that no other test touches
-    old_user = next(u for u, rows in logs.items() if 5 <= len(rows) <= 30 and not any(r[1] == "1210" for r in rows))
-    new_user = "late-refresh-user"
-    pd.DataFrame({"user_id": [new_user, new_user], "item_id": ["260", "1210"], "timestamp": [5_000, 6_000]}).to_csv(
-        tmp_path / "first.csv", index=False)
-    first = refresh_store(store_dir, tmp_path / "first.csv")
-    assert (first.events_applied, first.users_recomputed) == (2, 0)
-
-    before = {old_user: rec.score(old_user, PROBE), new_user: rec.score(new_user, PROBE)}
-    earliest = logs[old_user][0][0]
-    pd.DataFrame({"user_id": [new_user, old_user, "in-order-refresh-user"], "item_id": ["1196", "1210", "296"],
-                  "timestamp": [5_500, earliest - 86_400, 7_000]}).to_csv(tmp_path / "late.csv", index=False)
-    report = refresh_store(store_dir, tmp_path / "late.csv")
-    assert (report.users_refreshed, report.events_applied, report.users_recomputed) == (3, 3, 2)
-    after = rec.store.user_events([new_user, old_user])
-    assert [r[:2] for r in after[new_user]] == [(5_000, "260"), (5_500, "1196"), (6_000, "1210")]
-    assert after[old_user][0][:2] == (earliest - 86_400, "1210") and len(after[old_user]) == len(logs[old_user]) + 1
-    for user in (new_user, old_user):  # the late event sits in time order, as a recompute from the log puts it
-        scores = rec.score(user, PROBE)
-        assert not np.allclose(scores, before[user])
-        np.testing.assert_allclose(scores, rec.score(history=_history(after[user]), item_ids=PROBE),
-                                   rtol=1e-5, atol=1e-6)
-    state = rec.store.get_users([new_user])[new_user]
-    assert (state.last_timestamp, state.n_events) == (6_000, 3)
-
-
 def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
-    import mmrec.training as training
+    import mmrec.features as features
 
     folder, store_dir, _, _ = trained
     tag = pd.read_csv(folder / "tags.csv").tag.iloc[0]
@@ -426,8 +289,8 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     def refuse():
         raise AssertionError("the text encoder was loaded although every text is cached")
 
-    monkeypatch.setattr(training, "_text_encoder", refuse)
-    vectors = training.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
+    monkeypatch.setattr(features, "_text_encoder", refuse)
+    vectors = features.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-3
     # nor does serving: a fresh Recommender scores a history with a cached tag without loading it
     import mmrec.encoders.text
@@ -435,13 +298,13 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     monkeypatch.setattr(mmrec.encoders.text, "TextEncoder", refuse)
     rec = Recommender.load(store_dir, device="cpu")
     assert rec.score(history=[("260", "tag", 1, clean_text(tag))], item_ids=PROBE).shape == (len(PROBE),)
-    assert rec._text_encoder is None
+    assert rec.folder._text_encoder is None
 
 
 def test_behaviour_texts_are_never_encoded_by_another_encoder_than_the_stores(trained):
     from types import SimpleNamespace
 
-    from mmrec.training import embed_event_texts
+    from mmrec.features import embed_event_texts
 
     _, store_dir, _, _ = trained
     other = SimpleNamespace(version="some-other-encoder@1", encode=lambda texts: pytest.fail("encoded"))
@@ -450,18 +313,19 @@ def test_behaviour_texts_are_never_encoded_by_another_encoder_than_the_stores(tr
 
 
 def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained):
-    from mmrec.training import (calibrate_new_item_bias, evaluate_model, load_training_data, new_item_lift_scales,
-                                new_item_recall_ratio)
+    from mmrec.train.calibration import calibrate_new_item_bias, new_item_lift_scales
+    from mmrec.train.data import load_training_data
+    from mmrec.train.evaluate import evaluate_model, new_item_recall_ratio
 
     folder, store_dir, rec, _ = trained
     # The cold-start protocol on the trained slice: a fifth of the items lose their ID token, as if never trained.
     data = load_training_data(Store(store_dir), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
     model, grid = rec.model, (0.0, 0.25, 0.5, 1.0, 2.0)
-    saved = model.config.new_item_bias, model.config.new_item_logit_bias
+    saved = model.new_items
     dot_scale, logit_scale = new_item_lift_scales(model, data)
 
     def ratio_at(multiple):
-        model.config.new_item_bias, model.config.new_item_logit_bias = multiple * dot_scale, multiple * logit_scale
+        model.new_items = replace(model.new_items, bias=multiple * dot_scale, logit_bias=multiple * logit_scale)
         return new_item_recall_ratio(evaluate_model(model, data, "valid"))
 
     try:
@@ -470,29 +334,31 @@ def test_a_new_item_recall_ratio_picks_the_smallest_lift_that_reaches_it(trained
         assert chosen > 0 and ratio_at(0.0) < 0.5
         assert all(ratio_at(m) < 0.5 for m in grid if m < chosen)
     finally:
-        model.config.new_item_bias, model.config.new_item_logit_bias = saved
+        model.new_items = saved
 
 
 @pytest.mark.parametrize("rerank", [100, 5, 0])
 def test_recommend_serves_the_order_evaluation_measures(trained, rerank, monkeypatch):
     _, _, rec, _ = trained
-    monkeypatch.setattr(rec.model.config.scorer, "rerank", rerank)
+    config = rec.model.config
+    monkeypatch.setattr(rec.model, "config", replace(config, scorer=replace(config.scorer, rerank=rerank)))
     served = [item for item, _ in rec.recommend("1", k=20)]
     with torch.no_grad():
         interest = rec._user_interest("1")
-        dot = rec.item_vectors @ interest + rec.model.config.new_item_bias * rec._new_items
+        dot = rec.item_vectors @ interest + rec.model.new_items.bias * rec._new_items
         seen = {row[1] for row in rec.store.user_events(["1"])["1"]}
-        dot[rec._item_positions(seen & rec._position.keys())] = float("-inf")
+        dot[rec._item_positions(seen & rec.folder.position.keys())] = float("-inf")
         scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
     assert served == [rec.item_ids[i] for i in scores.topk(20).indices.tolist()]
 
 
 def test_serving_computes_the_interest_evaluation_ranks_with(trained, monkeypatch):
-    from mmrec.training import load_training_data
+    from mmrec.train.data import load_training_data
 
     folder, store_dir, rec, _ = trained
     # a short window, so the first event's time gap still shows in the state after the window
     monkeypatch.setattr(rec, "max_len", 5)
+    monkeypatch.setattr(rec.folder, "max_len", 5)  # the folder windows served histories
     data = load_training_data(Store(store_dir), folder / "interactions.csv", folder / "tags.csv")
     users = np.arange(data.split.n_users)
     b = data.behaviour
@@ -511,11 +377,11 @@ def test_serving_computes_the_interest_evaluation_ranks_with(trained, monkeypatc
     for u in untouched:
         # what the log holds before the user's test interaction, in serving's own order
         user_id = data.split.user_ids[u]
-        ordered = rec._sorted(logs[user_id])
+        ordered = rec.folder.sorted(logs[user_id])
         test = (int(data.split.test_timestamp[u]), data.item_ids[data.split.test_item[u]])
         cut = next(i for i, r in enumerate(ordered) if (r[0], r[1]) == test and r[3] == "")
         with torch.no_grad():
-            served = rec._history_interest(_history(ordered[:cut]))
+            served = rec._history_interest(history_of(ordered[:cut]))
         np.testing.assert_allclose(served.numpy(), expected[u].numpy(), rtol=1e-4, atol=1e-5, err_msg=user_id)
 
 
@@ -534,7 +400,7 @@ def test_an_event_in_the_same_second_as_the_last_takes_its_place_in_training_ord
 def test_an_item_with_a_non_numeric_id_does_not_reorder_the_trained_ones(trained, tmp_path, text_encoder):
     _, store_dir, _, _ = trained
     copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
+    copy_store(store_dir, copy)
     # 318 before 1196 as numbers (training's order), after it as strings
     history = [("1196", "interaction", 1_000), ("318", "interaction", 1_000), ("260", "interaction", 2_000)]
     before = Recommender.load(copy, device="cpu").score(history=history, item_ids=PROBE)
@@ -571,7 +437,7 @@ def test_an_update_holds_the_write_lock_while_it_reads_the_users_state(trained, 
     assert [r[1] for r in log] == ["260", "1196", "1210"]
     state = rec.store.get_users([user])[user]
     assert (state.n_events, state.last_timestamp) == (3, 300)
-    np.testing.assert_allclose(rec.score(user, PROBE), rec.score(history=_history(log), item_ids=PROBE),
+    np.testing.assert_allclose(rec.score(user, PROBE), rec.score(history=history_of(log), item_ids=PROBE),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -616,29 +482,6 @@ def test_recommend_leaves_out_interactions_but_not_items_only_tagged(trained):
     assert "260" not in {i for i, _ in rec.recommend(user, k=len(rec.item_ids))}
 
 
-def test_refresh_rejects_a_text_event_without_text(trained, tmp_path):
-    _, store_dir, rec, _ = trained
-    pd.DataFrame({"user_id": ["textless-user"] * 2, "item_id": ["260", "1210"], "timestamp": [10, 20],
-                  "event": ["tag", "interaction"], "text": ["!!!", ""]}).to_csv(tmp_path / "e.csv", index=False)
-    report = refresh_store(store_dir, tmp_path / "e.csv")
-    assert report.events_applied == 1
-    (rejected,) = report.rejected
-    assert rejected["row"] == 1 and rejected["reason"].startswith("no text: ['tag'] events are read by their text")
-    assert [r[1:3] for r in rec.store.user_events(["textless-user"])["textless-user"]] == [("1210", "interaction")]
-
-
-def test_rebuild_skips_logged_events_of_kinds_the_model_was_not_trained_on(trained, tmp_path):
-    # e.g. a store first trained with tags, then retrained without --context-events: its log still holds the tags
-    _, store_dir, _, _ = trained
-    copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
-    rec = Recommender.load(copy, device="cpu")
-    before = rec.score("7", PROBE)
-    rec.store.add_events([("7", 2_000_000_000, "260", "review", "a review from a model trained on reviews")])
-    assert rec.rebuild(["7"]) == 1  # was: IndexError from the event embedding
-    np.testing.assert_allclose(rec.score("7", PROBE), before, rtol=1e-5, atol=1e-6)
-
-
 def test_evaluate_codes_events_as_training_did(trained, tmp_path):
     folder, store_dir, _, _ = trained
     frame = pd.read_csv(folder / "interactions.csv")
@@ -661,7 +504,7 @@ def test_a_text_only_model_ignores_a_poster_embedded_after_training(trained, tmp
     vectors = {}
     for name, config in (("with-poster", EmbedConfig(images_root=posters, text_columns=["title", "genres"])),
                          ("text-only", EmbedConfig(use_images=False, text_columns=["title", "genres"]))):
-        shutil.copytree(store_dir, tmp_path / name)
+        copy_store(store_dir, tmp_path / name)
         report = embed_catalog(tmp_path / "new.csv", tmp_path / name, config, text_encoder=text_encoder,
                                image_encoder=image_encoder)
         assert report.embedded == 1
@@ -674,32 +517,12 @@ def test_a_text_only_model_ignores_a_poster_embedded_after_training(trained, tmp
 def test_a_model_saved_before_interaction_events_were_recorded_still_tells_tags_apart(trained, tmp_path):
     _, store_dir, _, _ = trained
     copy = tmp_path / "store-copy"
-    shutil.copytree(store_dir, copy)
+    copy_store(store_dir, copy)
     config = json.loads((copy / "model" / "config.json").read_text())
     assert config.pop("interaction_events") == ["interaction"]
     (copy / "model" / "config.json").write_text(json.dumps(config))
     rec = Recommender.load(copy, device="cpu")
     assert (rec.interaction_events, rec.text_events) == (("interaction",), ("tag",))
-
-
-def test_refresh_reads_a_tags_file_as_tag_events_and_refuses_text_on_interactions(trained, tmp_path):
-    _, store_dir, rec, _ = trained
-    user = "tags-file-user"
-    pd.DataFrame({"user_id": [user] * 3, "item_id": ["260", "1210", "1196"], "timestamp": [10, 20, 30],
-                  "tag": ["space opera", "...", "classic"]}).to_csv(tmp_path / "tags.csv", index=False)
-    report = refresh_store(store_dir, tmp_path / "tags.csv")
-    # every row of a tags file is a tag, as training reads it; one whose text cleans away is refused, not
-    # turned into an interaction the user never had
-    assert report.events_applied == 2
-    (empty,) = report.rejected
-    assert empty["row"] == 2 and empty["reason"].startswith("no text")
-    assert [(r[1], r[2]) for r in rec.store.user_events([user])[user]] == [("260", "tag"), ("1196", "tag")]
-    pd.DataFrame({"user_id": [user], "item_id": ["318"], "timestamp": [40], "event": ["interaction"],
-                  "text": ["loved it"]}).to_csv(tmp_path / "texted.csv", index=False)
-    (rejected,) = refresh_store(store_dir, tmp_path / "texted.csv").rejected
-    assert rejected["reason"].startswith("text on an event that carries none in training")
-    with pytest.raises(ValueError, match=r"rows\[0\]: 'interaction' events carry no text in training \(only \['tag'\]"):
-        rec.observe(user, "318", timestamp=50, text="loved it")
 
 
 def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_order(trained, monkeypatch):
@@ -717,7 +540,7 @@ def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_
     assert torch.isinf(placed[:5]).all()
     unplaced = [item for item, _ in rec.recommend("1", k=10)]
     monkeypatch.setattr(rec, "_new_items", new)
-    monkeypatch.setattr(rec.model.config, "new_item_slots", 6)
+    monkeypatch.setattr(rec.model, "new_items", replace(rec.model.new_items, slots=6))
     served = [item for item, _ in rec.recommend("1", k=10)]  # 6 of 20 places -> 3 of 10
     is_new = [bool(new[rec.item_ids.index(item)]) for item in served]
     assert is_new == [False] * 7 + [True] * 3
@@ -734,18 +557,19 @@ def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_
 
 
 def test_new_item_places_are_the_fewest_that_reach_the_recall_ratio(trained):
-    from mmrec.training import calibrate_new_item_slots, evaluate_model, load_training_data, new_item_recall_ratio
+    from mmrec.train.calibration import calibrate_new_item_slots
+    from mmrec.train.data import load_training_data
+    from mmrec.train.evaluate import evaluate_model, new_item_recall_ratio
 
     folder, store_dir, rec, _ = trained
     data = load_training_data(Store(store_dir), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
-    config = rec.model.config
-    saved = config.new_item_slots, config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias
+    saved = rec.model.new_items
     try:
         slots, metrics = calibrate_new_item_slots(rec.model, data, 0.5)
-        assert config.new_item_slots == slots and config.new_item_bias == 0.0
+        assert rec.model.new_items.slots == slots and rec.model.new_items.bias == 0.0
         assert new_item_recall_ratio(evaluate_model(rec.model, data, "valid")) >= 0.5 and metrics["cold_recall@20"] > 0
         if slots > 1:
-            config.new_item_slots = slots - 1
+            rec.model.new_items = replace(rec.model.new_items, slots=slots - 1)
             assert new_item_recall_ratio(evaluate_model(rec.model, data, "valid")) < 0.5
     finally:
-        config.new_item_slots, config.new_item_text_only, config.new_item_bias, config.new_item_logit_bias = saved
+        rec.model.new_items = saved

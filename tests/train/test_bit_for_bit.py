@@ -30,7 +30,7 @@ import torch
 
 from mmrec import EmbedConfig, ModelConfig, Store, TrainConfig, embed_catalog, train_store
 
-from .conftest import POSTERS, require_shared, write_movielens_slice
+from ..conftest import POSTERS, require_shared, write_movielens_slice
 
 N_ITEMS, MAX_USER = 400, 300
 HEAD = 6  # values of the first row pinned

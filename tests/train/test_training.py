@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +13,13 @@ import torch
 
 from mmrec import Store
 from mmrec.embed import EmbedConfig, embed_catalog
-from mmrec.model import ModelConfig, MultimodalRecommender
-from mmrec.training import TrainConfig, evaluate_model, fit, load_training_data
+from mmrec.networks.model import ModelConfig, NewItemPolicy
+from mmrec.train import calibration, loop
+from mmrec.train.config import TrainConfig
+from mmrec.train.data import load_training_data
+from mmrec.train.evaluate import evaluate_model
+from mmrec.train.loop import fit
+from mmrec.trained import TrainedModel
 
 from ..conftest import embed_text_only, write_movielens_slice
 
@@ -40,12 +48,11 @@ def test_a_target_the_user_consumed_before_is_ranked_not_masked(folder):
     rank = result.per_user["rank"][list(result.users).index(user)]
 
     # independently: score with the rest of the history masked, rank the target among items outside the history
-    vectors = model.item_vectors(data.features)
-    context = data.behaviour.context("test", np.array([user]), 50)
+    context = data.behaviour.context("test", np.array([user]), model.max_len)
     exclude = torch.zeros(1, len(data.item_ids), dtype=torch.bool)
     exclude[0, history[history != target]] = True
     with torch.no_grad():
-        scores = model.full_sort_scores(context, vectors, exclude, data.text_table, ~data.features.known)[0]
+        scores = model.bind(data.features, data.text_table).scores(context, exclude)[0]
     candidates = np.setdiff1d(np.arange(len(data.item_ids)), history)
     assert torch.isfinite(scores[target])  # masking it as history used to score it -inf: always ranked last
     assert rank == 1 + int((scores[candidates] > scores[target]).sum())
@@ -67,7 +74,6 @@ def test_item_text_with_aggregated_tags_is_warned_about(folder, text_encoder, re
 
 
 def test_training_only_on_modalities_the_store_lacks_is_refused(folder):
-    from mmrec.model import ModelConfig
     from mmrec.report import QualityConfig, run_report
 
     store = Store(folder / "store")  # embedded text-only
@@ -117,48 +123,43 @@ ALL, TEXT, NEIGHBOURS = (False, 0), (True, 0), (False, 20)
     (0.5, {ALL: (8.0, 0.020, 0.30), TEXT: (8.0, 0.010, 0.45), NEIGHBOURS: (8.0, 0.010, 0.40)}, TEXT),
 ])
 def test_new_items_are_built_the_way_that_validates_better(target, lifts, chosen, monkeypatch):
-    from types import SimpleNamespace
-
-    from mmrec import training
-    from mmrec.model import ModelConfig
-
-    config = ModelConfig()
     tried = []
 
-    def lift_for_current_vectors(model, data, grid, max_len, batch_size, min_recall_ratio):
-        way = (model.config.new_item_text_only, model.config.new_item_neighbours)
+    def lift_for_current_vectors(model, data, grid, batch_size, min_recall_ratio):
+        way = (model.new_items.text_only, model.new_items.neighbours)
         tried.append(way)
         multiple, ndcg, ratio = lifts[way]
-        return training._Lift(multiple, 10 * multiple, 100 * multiple, {"ndcg@10": ndcg}, ratio)
+        return calibration._Lift(multiple, 10 * multiple, 100 * multiple, {"ndcg@10": ndcg}, ratio)
 
-    monkeypatch.setattr(training, "_calibrate_lift", lift_for_current_vectors)
-    model = SimpleNamespace(config=config)
+    monkeypatch.setattr(calibration, "_calibrate_lift", lift_for_current_vectors)
+    model = SimpleNamespace(config=ModelConfig(), new_items=NewItemPolicy())
     # a trained item with text and poster, a new one with both, a new one with text alone
     present = torch.tensor([[True, True], [True, True], [True, False]])
 
     def calibrate(known, neighbours=20, present=present):
         tried.clear()
         data = SimpleNamespace(features=SimpleNamespace(known=torch.tensor(known), present=present))
-        return training.calibrate_new_item_bias(model, data, (0.0, 1.0), min_recall_ratio=target,
-                                                neighbours=neighbours)
+        return calibration.calibrate_new_item_bias(model, data, (0.0, 1.0), min_recall_ratio=target,
+                                                   neighbours=neighbours)
 
     multiple, metrics = calibrate([True, False, False])
     assert tried == [ALL, TEXT, NEIGHBOURS]
-    assert (config.new_item_text_only, config.new_item_neighbours) == chosen
+    assert (model.new_items.text_only, model.new_items.neighbours) == chosen
     assert (multiple, metrics["ndcg@10"]) == lifts[chosen][:2]
-    assert (config.new_item_bias, config.new_item_logit_bias) == (10 * multiple, 100 * multiple)
+    assert (model.new_items.bias, model.new_items.logit_bias) == (10 * multiple, 100 * multiple)
+    assert model.new_items.slots == 0
     # text alone differs from all the content only where a new item has both and the model reads posters
     calibrate([True, True, False])
     assert tried == [ALL, NEIGHBOURS]
     # neighbours need a count, new items with a text and trained items with a text to take vectors from
     calibrate([True, True, False], neighbours=0)
-    assert tried == [ALL] and (config.new_item_text_only, config.new_item_neighbours) == ALL
+    assert tried == [ALL] and (model.new_items.text_only, model.new_items.neighbours) == ALL
     calibrate([True, False, False], present=torch.tensor([[False, True], [True, True], [True, False]]))
     assert tried == [ALL, TEXT]
-    config.use_text = False
+    model.config = replace(model.config, use_text=False)
     calibrate([True, False, False])
     assert tried == [ALL]
-    config.use_text, config.use_image = True, False
+    model.config = replace(model.config, use_text=True, use_image=False)
     calibrate([True, False, False])
     assert tried == [ALL, NEIGHBOURS]
 
@@ -172,70 +173,64 @@ def test_new_items_are_built_the_way_that_validates_better(target, lifts, chosen
 ])
 def test_an_exposure_target_is_reached_with_the_smallest_lift_to_an_eighth_of_a_step(slope, chosen, tried,
                                                                                      monkeypatch):
-    from types import SimpleNamespace
-
-    from mmrec import training
-
-    config = ModelConfig()
     evaluated = []
 
     def evaluate_at_current_lift(model, data, stage, *args):
-        multiple = config.new_item_bias / 10.0
+        multiple = model.new_items.bias / 10.0
         evaluated.append(multiple)
         # users whose target is a new item gain recall linearly with the lift; the others lose a little
         return SimpleNamespace(ratio=slope * multiple, metrics={"ndcg@10": 0.06 - 0.01 * multiple},
                                cold_metrics={}, is_cold=torch.tensor([True, False]))
 
-    monkeypatch.setattr(training, "evaluate_model", evaluate_at_current_lift)
-    monkeypatch.setattr(training, "new_item_recall_ratio", lambda result: result.ratio)
-    monkeypatch.setattr(training, "new_item_lift_scales", lambda *args: (10.0, 100.0))
+    monkeypatch.setattr(calibration, "evaluate_model", evaluate_at_current_lift)
+    monkeypatch.setattr(calibration, "new_item_recall_ratio", lambda result: result.ratio)
+    monkeypatch.setattr(calibration, "new_item_lift_scales", lambda *args: (10.0, 100.0))
     data = SimpleNamespace(features=SimpleNamespace(known=torch.tensor([True, False])))
-    lift = training._calibrate_lift(SimpleNamespace(config=config), data, (0.0, 0.5, 1.0), 50, 256, 0.5)
+    model = SimpleNamespace(config=ModelConfig(), new_items=NewItemPolicy())
+    lift = calibration._calibrate_lift(model, data, (0.0, 0.5, 1.0), 256, 0.5)
     assert evaluated == [0.0] + tried
     assert (lift.multiple, lift.bias, lift.logit_bias) == (chosen, 10 * chosen, 100 * chosen)
     assert lift.ratio >= 0.5 and all(slope * multiple < 0.5 for multiple in evaluated if multiple < chosen)
 
 
-def test_an_interrupted_calibration_leaves_the_config_as_it_was(monkeypatch):
-    from types import SimpleNamespace
-
-    from mmrec import training
-    from mmrec.model import ModelConfig
-
-    config = ModelConfig(new_item_bias=0.5, new_item_logit_bias=2.0)
+def test_an_interrupted_calibration_leaves_the_policy_as_it_was(monkeypatch):
+    before = NewItemPolicy(bias=0.5, logit_bias=2.0)
+    model = SimpleNamespace(config=ModelConfig(), new_items=before)
 
     def interrupted(model, *args):
-        if model.config.new_item_neighbours:
+        if model.new_items.neighbours:
             raise KeyboardInterrupt
-        model.config.new_item_bias = 9.0
-        return training._Lift(1.0, 9.0, 9.0, {"ndcg@10": 0.1}, 0.0)
+        model.new_items = replace(model.new_items, bias=9.0)
+        return calibration._Lift(1.0, 9.0, 9.0, {"ndcg@10": 0.1}, 0.0)
 
-    monkeypatch.setattr(training, "_calibrate_lift", interrupted)
+    monkeypatch.setattr(calibration, "_calibrate_lift", interrupted)
     features = SimpleNamespace(known=torch.tensor([True, False]), present=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(KeyboardInterrupt):
-        training.calibrate_new_item_bias(SimpleNamespace(config=config), SimpleNamespace(features=features), (1.0,),
-                                         neighbours=20)
-    assert (config.new_item_text_only, config.new_item_neighbours, config.new_item_bias,
-            config.new_item_logit_bias) == (False, 0, 0.5, 2.0)
+        calibration.calibrate_new_item_bias(model, SimpleNamespace(features=features), (1.0,), neighbours=20)
+    assert model.new_items == before
+    assert (model.new_items.text_only, model.new_items.neighbours, model.new_items.bias,
+            model.new_items.logit_bias) == (False, 0, 0.5, 2.0)
 
 
 def test_calibration_outputs_in_the_given_config_do_not_reach_training(folder, monkeypatch):
-    from mmrec import training
-    from mmrec.model import ModelConfig
-
     # a fifth of the items never trained on, so a carried-over lift would move them in every validation ranking
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
-    carried = ModelConfig(new_item_bias=5.0, new_item_logit_bias=5.0, new_item_text_only=True, new_item_neighbours=5)
+    # a model config as saves from before the new-item policy was kept apart held it: the policy keys are dropped
+    carried = ModelConfig.from_dict({**ModelConfig().to_dict(), "new_item_bias": 5.0, "new_item_logit_bias": 5.0,
+                                     "new_item_text_only": True, "new_item_neighbours": 5})
+    assert carried == ModelConfig()
     plain = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=()), log=None)
     validated_with = []
-    evaluate = training.evaluate_model
+    evaluate = evaluate_model
 
     def observed(model, *args, **kwargs):
-        c = model.config
-        validated_with.append((c.new_item_bias, c.new_item_logit_bias, c.new_item_text_only, c.new_item_neighbours))
+        p = model.new_items
+        validated_with.append((p.bias, p.logit_bias, p.text_only, p.neighbours))
         return evaluate(model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_model", observed)
+    # validation during training (the loop) and the new-item calibration after it
+    monkeypatch.setattr(loop, "evaluate_model", observed)
+    monkeypatch.setattr(calibration, "evaluate_model", observed)
     given = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_bias_grid=(), new_item_neighbours=0,
                                   model=carried), log=None)
     assert validated_with and set(validated_with) == {(0.0, 0.0, False, 0)}
@@ -264,24 +259,20 @@ def test_a_cpu_training_repeats_bit_for_bit_on_several_threads(folder):
     ({n: 0.0 for n in range(1, 11)}, 0),  # no hit at any number (new items all look alike): no places
 ])
 def test_new_item_places_are_the_fewest_that_reach_the_target(ratios, chosen, monkeypatch):
-    from types import SimpleNamespace
-
-    from mmrec import training
-
-    config = ModelConfig(new_item_bias=1.0)
+    model = SimpleNamespace(config=ModelConfig(), new_items=NewItemPolicy(bias=1.0))
     evaluated = []
 
     def evaluate_with_current_places(model, data, stage, *args):
-        evaluated.append(config.new_item_slots)
-        ratio = ratios.get(config.new_item_slots, 0.0)
+        evaluated.append(model.new_items.slots)
+        ratio = ratios.get(model.new_items.slots, 0.0)
         return SimpleNamespace(ratio=ratio, metrics={"ndcg@10": 0.06}, cold_metrics={"cold_recall@20": ratio / 5})
 
-    monkeypatch.setattr(training, "evaluate_model", evaluate_with_current_places)
-    monkeypatch.setattr(training, "new_item_recall_ratio", lambda result: result.ratio)
+    monkeypatch.setattr(calibration, "evaluate_model", evaluate_with_current_places)
+    monkeypatch.setattr(calibration, "new_item_recall_ratio", lambda result: result.ratio)
     features = SimpleNamespace(known=torch.tensor([True, False]), present=torch.tensor([[True, False], [False, True]]))
     data = SimpleNamespace(features=features, split=SimpleNamespace(cold_users=lambda stage: [0]))
-    slots, metrics = training.calibrate_new_item_slots(SimpleNamespace(config=config), data, 0.5)
-    assert slots == config.new_item_slots == chosen and config.new_item_bias == 0.0
+    slots, metrics = calibration.calibrate_new_item_slots(model, data, 0.5)
+    assert slots == model.new_items.slots == chosen and model.new_items.bias == 0.0
     assert evaluated == sorted(ratios) + ([0] if chosen == 0 else [])
     assert metrics["cold_recall@20"] == ratios.get(chosen, 0.0) / 5
 
@@ -290,13 +281,13 @@ def test_training_gives_new_items_places_by_default_keeps_lifts_off_and_saves_th
     data = load_training_data(Store(folder / "store"), folder / "interactions.csv", hold_out=0.2, hold_out_seed=0)
     assert (TrainConfig().new_item_exposure, TrainConfig().new_item_recall_ratio) == ("slots", 0.5)
     fitted = fit(data, TrainConfig(epochs=1, show_progress=False), log=None)
-    config = fitted.model.config
-    assert 1 <= config.new_item_slots <= 10 and config.new_item_bias == config.new_item_logit_bias == 0.0
-    fitted.model.save(tmp_path / "model", {})
-    assert MultimodalRecommender.load(tmp_path / "model")[0].config.new_item_slots == config.new_item_slots
+    policy = fitted.model.new_items
+    assert 1 <= policy.slots <= 10 and policy.bias == policy.logit_bias == 0.0
+    TrainedModel(fitted.model, {}).save(tmp_path / "model")
+    assert TrainedModel.load(tmp_path / "model").network.new_items.slots == policy.slots
     # no exposure target: no places, whatever the exposure says
     untargeted = fit(data, TrainConfig(epochs=1, show_progress=False, new_item_recall_ratio=0.0), log=None)
-    assert untargeted.model.config.new_item_slots == 0
+    assert untargeted.model.new_items.slots == 0
     with pytest.raises(ValueError, match="new_item_exposure"):
         TrainConfig(new_item_exposure="boost")
     with pytest.raises(ValueError, match="new_item_slot_depth must be >= 1"):
