@@ -17,21 +17,22 @@ import warnings
 from typing import Callable, Sequence
 
 from .commands import (add_demo_arguments, add_embed_arguments, add_evaluate_arguments, add_refresh_arguments,
-                       add_report_arguments, add_train_arguments, run_demo, run_embed, run_evaluate, run_refresh,
-                       run_report, run_train)
+                       add_report_arguments, add_train_arguments, demo_command, embed_command, evaluate_command,
+                       refresh_command, report_command, train_command)
 from .options import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, check_device, fail, print_json_last
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "build_parser", "main", "run_command"]
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "embed": ("embed new or changed catalogue items into a store", add_embed_arguments, run_embed),
-    "train": ("train fusion + GRU + scorer on a store's features", add_train_arguments, run_train),
-    "evaluate": ("evaluate the store's model under the leave-one-out protocol", add_evaluate_arguments, run_evaluate),
-    "demo": ("embed, train, evaluate and recommend on the bundled MovieLens data", add_demo_arguments, run_demo),
-    "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, run_refresh),
+    "embed": ("embed new or changed catalogue items into a store", add_embed_arguments, embed_command),
+    "train": ("train fusion + GRU + scorer on a store's features", add_train_arguments, train_command),
+    "evaluate": ("evaluate the store's model under the leave-one-out protocol", add_evaluate_arguments,
+                 evaluate_command),
+    "demo": ("embed, train, evaluate and recommend on the bundled MovieLens data", add_demo_arguments, demo_command),
+    "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, refresh_command),
     "report": ("train every model on the same split (3 seeds, warm and cold) and write a quality report",
-               add_report_arguments, run_report),
+               add_report_arguments, report_command),
 }
 
 

@@ -32,7 +32,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
-def run_embed(args: argparse.Namespace) -> int:
+def embed_command(args: argparse.Namespace) -> int:
     from ..embed import EmbedConfig, embed_catalog
     from ..encoders.image import ImageEncoderConfig
     from ..encoders.text import TextEncoderConfig
@@ -87,7 +87,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_unknown_items_argument(parser)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     from ..networks.model import ModelConfig
     from ..train import TrainConfig, train_store
 
@@ -115,7 +115,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_type, default="cpu", help="cpu (default), auto (CUDA when available), cuda...")
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def evaluate_command(args: argparse.Namespace) -> int:
     import math
 
     from ..evaluation import format_metrics
@@ -143,7 +143,7 @@ def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
-def run_refresh(args: argparse.Namespace) -> int:
+def refresh_command(args: argparse.Namespace) -> int:
     from ..serve import refresh_store
 
     if args.events is None and not args.rebuild:
@@ -176,12 +176,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=csv_list, default=["1", "42", "414"], help="users to recommend for")
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo as demo
+def demo_command(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
 
     require_folder("--images-root", args.images_root)
     require_folder("--data", args.data)
-    demo(args.store, args.data, args.images_root, args.epochs, args.users)
+    run_demo(args.store, args.data, args.images_root, args.epochs, args.users)
     return EXIT_OK
 
 
@@ -242,10 +242,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     add_unknown_items_argument(parser)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def report_command(args: argparse.Namespace) -> int:
     import logging
 
-    from ..report import QualityConfig, read_reference, run_report as report
+    from ..report import QualityConfig, read_reference, run_report
     from ..store import Store
     from ..train import TrainConfig
 
@@ -273,11 +273,11 @@ def run_report(args: argparse.Namespace) -> int:
         jobs=args.jobs, device=args.device, exposure_ratio=args.exposure_ratio,
     )
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
-    summary = report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
-                     args.reference, command=command, train=not args.no_train, unknown_items=args.unknown_items,
-                     on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
-                                            f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
-                                            flush=True))
+    summary = run_report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
+                         args.reference, command=command, train=not args.no_train, unknown_items=args.unknown_items,
+                         on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
+                                                f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
+                                                flush=True))
     print(summary.table)
     print("files: " + ", ".join(str(f) for f in summary.files))
     if args.json:
