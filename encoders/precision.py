@@ -26,11 +26,30 @@ class Precision(str, Enum):
 _DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The device types the encoders and models run on (``cuda`` with or without an index)."""
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
+    """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``
+    (or such a ``torch.device``) -> that device.
+
+    Anything else (``"banana"``, ``"cuda:x"``, ``"meta"``, a number) raises ``ValueError`` naming the value and the
+    accepted forms; whether the machine has the device is not checked here.
+    """
+    if device is None or (isinstance(device, str) and device.strip() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    parsed = None
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        try:
+            parsed = torch.device(device.strip())
+        except (RuntimeError, TypeError, ValueError):
+            parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return parsed
 
 
 def resolve_precision(precision: str | Precision, device: torch.device) -> Precision:

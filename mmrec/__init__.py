@@ -12,13 +12,13 @@ Data flows one way (docs/architecture.md): files -> rows (:mod:`mmrec.io`) -> in
 from .embed import EmbedConfig, EmbedReport, embed_catalog
 from .networks.model import ModelConfig, NewItemPolicy
 from .serve import Recommender, RefreshReport, refresh_store
-from .store import Store, UserState
+from .store import StaleModelError, Store, UserState
 from .train import TrainConfig, evaluate_store, train_store
 from .trained import ModelLoadError, TrainedModel
 
 __all__ = [
     "EmbedConfig", "EmbedReport", "ModelConfig", "ModelLoadError", "NewItemPolicy", "Recommender", "RefreshReport",
-    "Store", "TrainConfig", "TrainedModel", "UserState", "embed_catalog", "evaluate_store", "refresh_store",
+    "StaleModelError", "Store", "TrainConfig", "TrainedModel", "UserState", "embed_catalog", "evaluate_store", "refresh_store",
     "train_store",
 ]
 __version__ = "0.1.0"

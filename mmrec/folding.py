@@ -116,30 +116,33 @@ class EventFolder:
         window = rows[-self.max_len :]
         return window, rows[-self.max_len - 1][0] if len(rows) > self.max_len else None
 
+    def recompute(self, model_id: str, user_ids: Sequence[str]) -> list[UserState]:
+        """States of ``user_ids`` computed from their logged events (the last ``max_len``, as in training), stamped
+        with ``model_id``, without writing anything; users with no readable logged event are absent. Logged events
+        of items the store no longer holds or of event kinds the model was not trained on are skipped (a log from
+        an earlier model trained with tags, say)."""
+        logs = self.store.user_events(list(user_ids))
+        chunk = [u for u in logs if logs[u]]
+        if not chunk:
+            return []
+        readable = [[r for r in logs[u] if r[1] in self.position and r[2] in self.event_rank] for u in chunk]
+        windows = [self.window(self.sorted(events)) for events in readable]
+        seqs = [w for w, _ in windows]
+        h, interest = self.advance(seqs, None, [previous for _, previous in windows])
+        return [UserState(u, model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
+                          seqs[i][-1][0] if seqs[i] else None, len(readable[i]))
+                for i, u in enumerate(chunk)]
+
     def rebuild(self, model_id: str, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
-        """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
-        logged users when ``user_ids`` is None, and store them stamped with ``model_id``. Logged events of items
-        the store no longer holds or of event kinds the model was not trained on are skipped. Returns the number
-        of users rebuilt."""
+        """Recompute interests from each user's event log (:meth:`recompute`), all logged users when ``user_ids``
+        is None, and store them stamped with ``model_id``, in one transaction. Returns the number of users
+        rebuilt."""
         ids = self.store.logged_users() if user_ids is None else list(dict.fromkeys(str(u) for u in user_ids))
         rebuilt = 0
         with self.store.transaction():
             for start in range(0, len(ids), batch_users):
                 # one batch of logs in memory at a time: a full rebuild never holds the whole event log
-                logs = self.store.user_events(ids[start : start + batch_users])
-                chunk = [u for u in logs if logs[u]]
-                if not chunk:
-                    continue
-                # events the model cannot read are skipped: items no longer in the store, and event kinds it was
-                # not trained on (a log from an earlier model trained with tags, say)
-                readable = [[r for r in logs[u] if r[1] in self.position and r[2] in self.event_rank] for u in chunk]
-                windows = [self.window(self.sorted(events)) for events in readable]
-                seqs = [w for w, _ in windows]
-                h, interest = self.advance(seqs, None, [previous for _, previous in windows])
-                self.store.put_users([
-                    UserState(u, model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
-                              seqs[i][-1][0] if seqs[i] else None, len(readable[i]))
-                    for i, u in enumerate(chunk)
-                ])
-                rebuilt += len(chunk)
+                states = self.recompute(model_id, ids[start : start + batch_users])
+                self.store.put_users(states)
+                rebuilt += len(states)
         return rebuilt

@@ -22,7 +22,7 @@ import numpy as np
 
 from .io.values import sort_ids
 
-__all__ = ["Store", "UserState", "MODALITIES"]
+__all__ = ["Store", "UserState", "StaleModelError", "MODALITIES"]
 
 MODALITIES = ("text", "image")
 DB_NAME = "mmrec.sqlite"
@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS text_cache (key TEXT PRIMARY KEY, vector BLOB NOT NUL
 _TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
+class StaleModelError(ValueError):
+    """A process holds a model that is no longer the store's current one (the store was retrained since it loaded,
+    or the model files and the store disagree): it must not write user states. ``Recommender.load`` the store
+    again."""
+
+
 @dataclass(frozen=True)
 class UserState:
     """A user's stored GRU state ``(H,)`` and interest vector ``(D,)``, the model that made them, and the time and
@@ -104,10 +110,15 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (see `transaction`), never implicit half-batches.
         self._db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self._db.close()
+            raise ValueError(f"{self.path / DB_NAME} is not a readable mmrec store database ({exc}); restore it "
+                             "or rebuild the store with `mmrec embed`") from exc
         if not _TABLES <= tables:
             # Only a store missing tables is written to on opening: the schema set-up takes the write lock, and a
             # reader must not wait behind a long write (a full `refresh --rebuild`) just to open the store.
@@ -154,6 +165,22 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def current_model(self) -> tuple[int, str | None]:
+        """``(generation, model_id)`` of the model :meth:`install_model` made current last: ``(0, None)`` for a
+        store never trained, or trained before the generation was recorded."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('model_generation', 'model_id')"))
+        return int(rows.get("model_generation", 0)), rows.get("model_id")
+
+    def install_model(self, model_id: str) -> int:
+        """Make ``model_id`` the store's current model, a new generation (returned). Training calls this in the
+        transaction that writes the model's event log and user states; processes that loaded an earlier
+        generation are refused writes from then on (:class:`StaleModelError`)."""
+        with self.transaction() as db:
+            generation = self.current_model()[0] + 1
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [("model_generation", str(generation)), ("model_id", model_id)])
+        return generation
 
     # -- catalogue items ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -301,6 +328,14 @@ class Store:
             r[0]: UserState(r[0], r[1], np.frombuffer(r[2], np.float32), np.frombuffer(r[3], np.float32), r[4], r[5])
             for r in rows
         }
+
+    def replace_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> None:
+        """Replace the whole event log with ``rows`` and delete every user state (they were folded from the old
+        log); training calls this with what it read, inside the transaction that rebuilds the states."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM events")
+            db.execute("DELETE FROM users")
+            db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
 
     def add_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> None:
         """Append ``(user_id, timestamp, item_id, event, text)`` rows to the event log; duplicates are ignored."""

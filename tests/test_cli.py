@@ -183,8 +183,9 @@ def test_report_accepts_a_reference_table(tmp_path, store, interactions, monkeyp
                          "--out", tmp_path / "out", "--jobs", "4"], capsys)
     assert code == 1 and err == "error: stop here\n"
     assert seen["train"] is True and seen["config"].jobs == 4
-    code, _, err = _run(["report", "--store", store, "--interactions", interactions, "--jobs", "0"], capsys)
-    assert code == 1 and err.startswith("error: jobs and threads: must be >= 1")
+    # a bad number is a usage error, refused while parsing: before any work
+    err = _usage_error(["report", "--store", store, "--interactions", interactions, "--jobs", "0"], capsys)
+    assert "argument --jobs: expected an integer >= 1" in err
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
@@ -326,9 +327,9 @@ def test_new_item_exposure_reaches_the_training_config(store, interactions, monk
           "--new-item-exposure", "slots", "--new-item-neighbours", "7"], capsys)
     assert configs[0].new_item_exposure == "slots" and configs[0].new_item_recall_ratio == 0.5
     assert configs[0].new_item_neighbours == 7
-    code, _, err = _run(["train", "--store", store, "--interactions", interactions, "--new-item-neighbours", "-1"],
-                        capsys)
-    assert code == 1 and "new_item_neighbours must be >= 0" in err
+    err = _usage_error(["train", "--store", store, "--interactions", interactions, "--new-item-neighbours", "-1"],
+                       capsys)
+    assert "argument --new-item-neighbours: expected an integer >= 0" in err
     err = _usage_error(["train", "--store", store, "--interactions", interactions, "--new-item-exposure", "boost"],
                        capsys)
     assert "argument --new-item-exposure" in err and "'boost'" in err

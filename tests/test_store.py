@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from mmrec.store import DB_NAME, Store
 
 
@@ -28,3 +30,18 @@ def test_a_store_missing_a_table_gets_it_on_opening(tmp_path):
         db.execute("DROP TABLE text_cache")
     store = Store(tmp_path / "s")
     assert store.cached_texts(["k"]) == {}
+
+
+def test_a_file_that_is_not_a_database_is_an_error_naming_it(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / DB_NAME).write_bytes(b"garbage, not SQLite" * 200)
+    # before: sqlite3.DatabaseError "file is not a database", naming no file
+    with pytest.raises(ValueError, match=str(tmp_path / "s" / DB_NAME)):
+        Store(tmp_path / "s", create=False)
+
+
+def test_the_current_model_is_a_generation_each_install_advances(tmp_path):
+    store = Store(tmp_path / "s")
+    assert store.current_model() == (0, None)
+    assert store.install_model("a") == 1 and store.install_model("a") == 2
+    assert store.current_model() == (2, "a")

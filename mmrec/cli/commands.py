@@ -8,9 +8,9 @@ from pathlib import Path
 
 from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP,
                       NEW_ITEM_NEIGHBOURS_HELP, NEW_ITEM_RECALL_RATIO_HELP, SIGNALS, TABLE_FORMATS, add_data_arguments,
-                      add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail, int_list,
-                      names_list, print_json_last, require_file, require_folder, require_folder_or_absent,
-                      require_store)
+                      add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail, names_list,
+                      non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
+                      require_file, require_folder, require_folder_or_absent, require_store, seed_int, seeds_list)
 
 
 # -- embed ----------------------------------------------------------------------------------------------------
@@ -24,8 +24,8 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated columns joined into item text (default: all but image_path and ids: "
                              "item_id and *_id columns)")
     parser.add_argument("--no-images", action="store_true", help="refresh text only: ignore image_path, keep the image features already stored")
-    parser.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
-    parser.add_argument("--chunk-size", type=int, default=256, help="items committed per transaction")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="encoder batch size")
+    parser.add_argument("--chunk-size", type=positive_int, default=256, help="items committed per transaction")
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     parser.add_argument("--device", type=device_type, default="auto",
                         help="auto (CUDA when available), cpu, cuda, cuda:1...")
@@ -41,7 +41,7 @@ def embed_command(args: argparse.Namespace) -> int:
     require_folder_or_absent("--store", args.store)
     if not args.no_images:  # a mistyped folder would quietly make every item text-only
         require_folder("--images-root", args.images_root)
-    sizes = {"batch_size": args.batch_size} if args.batch_size else {}
+    sizes = {"batch_size": args.batch_size} if args.batch_size is not None else {}
     text = TextEncoderConfig(precision=args.precision, device=args.device, **sizes)
     image = ImageEncoderConfig(precision=args.precision, device=args.device, **sizes)
     config = EmbedConfig(
@@ -68,21 +68,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = TrainConfig()
     add_data_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (early stopping)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-len", type=int, default=defaults.model.max_len, help="events of history the GRU reads")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="maximum epochs (early stopping)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--max-len", type=positive_int, default=defaults.model.max_len,
+                        help="events of history the GRU reads")
+    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate)
+    parser.add_argument("--patience", type=positive_int, default=defaults.patience)
+    parser.add_argument("--seed", type=seed_int, default=defaults.seed)
     parser.add_argument("--modalities", type=names_list(lambda m: m in SIGNALS, ", ".join(SIGNALS)),
                         default=["text", "image", "id"],
                         help="item signals: any of text,image,id (id alone = a GRU4Rec-style baseline)")
     parser.add_argument("--device", type=device_type, default="auto", help="auto (CUDA when available), cpu, cuda...")
-    parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.new_item_recall_ratio,
+    parser.add_argument("--new-item-recall-ratio", type=non_negative_float, default=defaults.new_item_recall_ratio,
                         help=NEW_ITEM_RECALL_RATIO_HELP)
     parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.new_item_exposure,
                         help=NEW_ITEM_EXPOSURE_HELP)
-    parser.add_argument("--new-item-neighbours", type=int, default=defaults.new_item_neighbours,
+    parser.add_argument("--new-item-neighbours", type=non_negative_int, default=defaults.new_item_neighbours,
                         help=f"{NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.new_item_neighbours})")
     add_unknown_items_argument(parser)
 
@@ -172,7 +173,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{bundled_data()})")
     parser.add_argument("--images-root", type=Path, default=None,
                         help="folder of <item_id>.jpg posters: run fully multimodal (default: text only)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--users", type=csv_list, default=["1", "42", "414"], help="users to recommend for")
 
 
@@ -207,32 +208,33 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=names_list(lambda m: m in BASELINES or is_ours(m), model_names),
                         default=list(defaults.models),
                         help=f"baselines and our variants (default: all of {','.join(defaults.models)})")
-    parser.add_argument("--seeds", type=int_list, default=list(defaults.seeds),
+    parser.add_argument("--seeds", type=seeds_list, default=list(defaults.seeds),
                         help=f"comma-separated integers (default {','.join(map(str, defaults.seeds))})")
     parser.add_argument("--protocols", type=names_list(lambda p: p in PROTOCOLS, ", ".join(PROTOCOLS)),
                         default=list(defaults.protocols), help=f"any of {','.join(PROTOCOLS)} (default: all)")
     parser.add_argument("--ours", default=defaults.ours, type=_our_variant,
                         help=f"our variant the win, bootstrap and cold checks are computed for (default {defaults.ours})")
-    parser.add_argument("--epochs", type=int, default=defaults.train.epochs, help="our model's maximum epochs")
-    parser.add_argument("--patience", type=int, default=defaults.train.patience)
-    parser.add_argument("--new-item-recall-ratio", type=float, default=defaults.train.new_item_recall_ratio,
+    parser.add_argument("--epochs", type=positive_int, default=defaults.train.epochs, help="our model's maximum epochs")
+    parser.add_argument("--patience", type=positive_int, default=defaults.train.patience)
+    parser.add_argument("--new-item-recall-ratio", type=non_negative_float,
+                        default=defaults.train.new_item_recall_ratio,
                         help=NEW_ITEM_RECALL_RATIO_HELP)
     parser.add_argument("--new-item-exposure", choices=EXPOSURES, default=defaults.train.new_item_exposure,
                         help=NEW_ITEM_EXPOSURE_HELP)
-    parser.add_argument("--new-item-neighbours", type=int, default=defaults.train.new_item_neighbours,
+    parser.add_argument("--new-item-neighbours", type=non_negative_int, default=defaults.train.new_item_neighbours,
                         help=f"{NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.train.new_item_neighbours})")
-    parser.add_argument("--exposure-ratio", type=float, default=defaults.exposure_ratio,
+    parser.add_argument("--exposure-ratio", type=non_negative_float, default=defaults.exposure_ratio,
                         help="cold protocol: also evaluate our model with no exposure target, and with the new-item "
                              "lift and new-item places chosen on validation for this cold/warm Recall@20 ratio "
                              f"(0: off; default {defaults.exposure_ratio:g})")
-    parser.add_argument("--baseline-epochs", type=int, default=defaults.baseline_epochs)
-    parser.add_argument("--baseline-patience", type=int, default=defaults.baseline_patience)
+    parser.add_argument("--baseline-epochs", type=positive_int, default=defaults.baseline_epochs)
+    parser.add_argument("--baseline-patience", type=positive_int, default=defaults.baseline_patience)
     parser.add_argument("--reference", type=Path, default=None,
                         help="reference results (markdown table with an NDCG@10 column), e.g. "
                              "../shared/baselines/ml-latest-small.md")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads per run (default: torch's; with --jobs, the cores shared out)")
-    parser.add_argument("--jobs", type=int, default=defaults.jobs,
+    parser.add_argument("--jobs", type=positive_int, default=defaults.jobs,
                         help="runs trained at once in worker processes (default 1; one run uses a small part of a "
                              "GPU, so there several at once save time)")
     parser.add_argument("--device", type=device_type, default=defaults.device,

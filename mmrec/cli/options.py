@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,75 @@ def int_list(value: str) -> list[int]:
         return [int(v) for v in csv_list(value)]
     except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {value!r}") from None
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (sizes, counts, epochs), refused while parsing, before any work."""
+    number = _integer(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0 (0 switches the option off)."""
+    number = _integer(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+SEED_LIMIT = 2**63
+"""Seeds are non-negative and below 2**63 (torch's generator refuses larger ones deep inside a run)."""
+
+
+def seed_int(value: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**63)."""
+    number = _integer(value)
+    if not 0 <= number < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63-1, got {value!r}")
+    return number
+
+
+def seeds_list(value: str) -> list[int]:
+    """argparse type of ``--seeds``: comma-separated seeds (:func:`seed_int`)."""
+    seeds = int_list(value)
+    if any(not 0 <= seed < SEED_LIMIT for seed in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to 2**63-1, got {value!r}")
+    return seeds
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    number = _finite(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    """argparse type: a finite number >= 0 (the ratios; 0 switches them off)."""
+    number = _finite(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
 
 
 def names_list(valid: Callable[[str], bool], choices: str) -> Callable[[str], list[str]]:

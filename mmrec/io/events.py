@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..encoders.preprocess import clean_behaviour_texts
-from .tables import TableSource, read_table
+from .tables import TableSource, read_table, separator_hint
 from .values import ids_or_empty, readable_timestamps
 
 __all__ = ["DEFAULT_EVENT", "TEXT_COLUMNS", "EventTable", "read_events"]
@@ -63,12 +63,13 @@ def read_events(source: TableSource, *, need_text: bool = False) -> EventTable:
     Raises ``ValueError`` naming the file and the columns it has when one of the three is missing, or when
     ``need_text`` and no text column is present."""
     frame = read_table(source)
+    name = "the events" if isinstance(source, pd.DataFrame) else source
     text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
     if missing:
-        raise ValueError(f"events file lacks column(s) {missing} (columns: {list(frame.columns)})")
+        raise ValueError(f"events file lacks column(s) {missing} in {name} (columns: {list(frame.columns)})"
+                         f"{separator_hint(frame.columns)}")
     if need_text and text_column is None:
-        name = "the events" if isinstance(source, pd.DataFrame) else source
         raise ValueError(f"{name}: context events need user_id, item_id, timestamp and one of {TEXT_COLUMNS} "
                          f"(columns: {list(frame.columns)})")
     seconds, readable = readable_timestamps(frame["timestamp"])

@@ -11,13 +11,15 @@ import csv
 import gzip
 import json
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
 import pandas as pd
 
-__all__ = ["TableSource", "read_table", "read_csv_strict", "read_json_records", "require_columns", "separator_hint"]
+__all__ = ["TableSource", "read_table", "read_csv_strict", "read_json_records", "read_parquet", "require_columns",
+           "separator_hint"]
 
 TableSource = Union[str, Path, pd.DataFrame]
 
@@ -37,7 +39,7 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
     suffixes = [s.lower() for s in path.suffixes]
     text_kwargs = dict(dtype={c: str for c in id_columns}, keep_default_na=False, na_values=[""])
     if ".parquet" in suffixes or ".pq" in suffixes:
-        return pd.read_parquet(path)
+        return read_parquet(path)
     if any(s in (".jsonl", ".ndjson", ".json") for s in suffixes):
         return read_json_records(path)
     if ".tsv" in suffixes:
@@ -50,11 +52,24 @@ def read_table(source: TableSource, id_columns: Sequence[str] = ("user_id", "ite
 
 @contextlib.contextmanager
 def _utf8_required(path: Path) -> Iterator[None]:
-    """Turn a decoding error, which names neither file nor line, into one that names both."""
+    """Turn a decoding error, which names neither file nor line, into one that names both; a ``.gz`` file that is
+    not gzip (or is cut short) into one that names the file."""
     try:
         yield
     except UnicodeDecodeError:
         raise ValueError(f"{path}: {_first_non_utf8_line(path)} is not UTF-8 text; save the file as UTF-8") from None
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """``pd.read_parquet``, whose errors on a file that is not Parquet (or one pandas cannot convert) name no file."""
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
 
 
 def _first_non_utf8_line(path: Path) -> str:
@@ -102,9 +117,13 @@ def read_json_records(path: Path) -> pd.DataFrame:
         text = handle.read()
     stripped = text.strip()
     if stripped.startswith("{") and "\n" not in stripped:
-        # one object of objects: what DataFrame.to_json writes by default ({"column": {"row": value}})
-        document = json.loads(stripped)
-        if document and all(isinstance(v, dict) for v in document.values()):
+        # one object of objects: what DataFrame.to_json writes by default ({"column": {"row": value}}); anything
+        # else on one line is read as JSON lines below (an invalid one is an error naming its line)
+        try:
+            document = json.loads(stripped)
+        except json.JSONDecodeError:
+            document = None
+        if isinstance(document, dict) and document and all(isinstance(v, dict) for v in document.values()):
             return pd.DataFrame(document)
     if stripped.startswith("["):
         try:

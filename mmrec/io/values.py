@@ -32,30 +32,71 @@ def row_numbers(rows: list[int]) -> list[int]:
     return [r + 1 for r in rows]
 
 
-def id_strings(column: pd.Series, name: str) -> np.ndarray:
-    """Ids as an object array of ``str``; integral floats (``12.0``, from a NaN-widened column) become ``"12"``.
+def _stripped_strings(column: pd.Series) -> np.ndarray:
+    """Non-missing ids as an object array of stripped ``str``; integral floats (``12.0``, from a NaN-widened
+    column) become ``"12"``."""
+    if pd.api.types.is_float_dtype(column.dtype):
+        values = column.to_numpy(dtype=np.float64)
+        if np.all(np.isfinite(values)) and np.all(values == np.round(values)) and np.all(np.abs(values) < INT64_LIMIT):
+            column = pd.Series(values.astype(np.int64), index=column.index)
+    strings = column.astype(str).str.strip()
+    return np.asarray(strings.to_numpy(dtype=object), dtype=object)
 
-    Raises ``ValueError`` naming the rows with a missing id.
+
+def id_strings(column: pd.Series, name: str) -> np.ndarray:
+    """Ids as an object array of ``str``, by the one id rule of files and API alike (:func:`id_string`): surrounding
+    whitespace is stripped and integral floats (``12.0``, from a NaN-widened column) become ``"12"``.
+
+    Raises ``ValueError`` naming the rows with a missing id (empty or blank after stripping).
     """
-    missing = column.isna().to_numpy()
+    present = column.notna().to_numpy()
+    ids = np.full(len(column), "", dtype=object)
+    if present.any():
+        ids[present] = _stripped_strings(column[present])
+    missing = ids == ""
     if missing.any():
         rows = first_rows(missing)
         raise ValueError(
             f"{name}: missing value in {int(missing.sum())} row(s), first data rows {row_numbers(rows)}")
-    if pd.api.types.is_float_dtype(column.dtype):
-        values = column.to_numpy(dtype=np.float64)
-        if np.all(values == np.round(values)):
-            column = pd.Series(values.astype(np.int64))
-    return np.asarray(column.astype(str).to_numpy(dtype=object), dtype=object)
+    return ids
 
 
 def ids_or_empty(column: pd.Series, name: str) -> pd.Series:
-    """Stripped id strings, ``""`` where the id is missing. A missing value in a JSON-lines file widens the whole
-    column to floats; :func:`id_strings` turns ``1210.0`` back into ``"1210"``."""
+    """Stripped id strings, ``""`` where the id is missing or blank (the lenient form of :func:`id_strings`, for
+    readers that reject such rows one by one). A missing value in a JSON-lines file widens the whole column to
+    floats; ``1210.0`` is read back as ``"1210"``."""
     present = column.notna().to_numpy()
     ids = pd.Series("", index=column.index, dtype=object)
-    ids[present] = id_strings(column[present], name)
-    return ids.str.strip()
+    if present.any():
+        ids[present] = _stripped_strings(column[present])
+    return ids
+
+
+def _dates(column: pd.Series) -> pd.Series:
+    """``column`` parsed as UTC datetimes, ``NaT`` where a value is no date. pandas' ``errors="coerce"`` still raises
+    on some strings (``"12h"`` parses as a time on 1 January of year 1, out of the nanosecond range): then each value
+    is parsed on its own."""
+    try:
+        return pd.Series(pd.to_datetime(column, utc=True, errors="coerce", format="mixed"), index=column.index)
+    except (ValueError, OverflowError, TypeError):
+        pass
+
+    def one(value):
+        try:
+            return pd.to_datetime(value, utc=True, errors="coerce", format="mixed")
+        except (ValueError, OverflowError, TypeError):
+            return pd.NaT
+
+    return pd.Series(pd.to_datetime([one(v) for v in column], utc=True), index=column.index)
+
+
+def _unix_seconds_of_dates(parsed: pd.Series) -> np.ndarray:
+    """UTC datetimes as int64 unix seconds, floored, in the datetimes' own unit (a date such as year 1 is beyond
+    the nanosecond range pandas would otherwise convert to)."""
+    values = parsed.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+    unit, _ = np.datetime_data(values.dtype)
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    return values.astype(np.int64) // per_second
 
 
 def timestamps(column: pd.Series) -> np.ndarray:
@@ -71,7 +112,7 @@ def timestamps(column: pd.Series) -> np.ndarray:
         if not np.isfinite(numeric).any() and not pd.api.types.is_numeric_dtype(column.dtype):
             numeric = None
     if numeric is None:
-        parsed = pd.to_datetime(column, utc=True, errors="coerce", format="mixed")
+        parsed = _dates(column)
         bad = parsed.isna().to_numpy()
     else:
         bad = ~(np.abs(numeric) < INT64_LIMIT)
@@ -83,8 +124,7 @@ def timestamps(column: pd.Series) -> np.ndarray:
             f"(values {[column.iloc[r] for r in rows[:3]]})"
         )
     if numeric is None:
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-        return seconds.to_numpy(dtype=np.int64)
+        return _unix_seconds_of_dates(parsed)
     if pd.api.types.is_integer_dtype(column.dtype):
         return column.to_numpy(dtype=np.int64).copy()
     return np.floor(numeric).astype(np.int64)
@@ -100,7 +140,7 @@ def readable_timestamps(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         if np.isfinite(numeric).any() or pd.api.types.is_numeric_dtype(column.dtype):
             readable = np.isfinite(numeric) & (np.abs(numeric) < INT64_LIMIT)
         else:
-            readable = pd.to_datetime(column, utc=True, errors="coerce", format="mixed").notna().to_numpy()
+            readable = _dates(column).notna().to_numpy()
     seconds = np.zeros(len(column), np.int64)
     seconds[readable] = timestamps(column[readable])
     return seconds, readable
@@ -134,9 +174,16 @@ def sort_ids(ids: Iterable[str]) -> list[str]:
 
 
 def id_string(value, name: str) -> str:
-    """An id as the store spells it: strings pass, integers (``1210``, ``np.int64(1210)``) become ``"1210"``."""
-    if isinstance(value, str) and value != "":
-        return value
+    """An id as the store spells it, by the file readers' rule (:func:`ids_or_empty`): strings are stripped of
+    surrounding whitespace (``" 18 "`` is ``"18"``), integers (``1210``, ``np.int64(1210)``) become ``"1210"``.
+
+    Raises ``ValueError`` naming ``name`` for a string that is empty after stripping, or any other type."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped:
+            return stripped
+        raise ValueError(f"{name} must be a non-empty string or an integer, got {value!r} (empty after stripping "
+                         "surrounding whitespace)")
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return str(int(value))
     raise ValueError(f"{name} must be a non-empty string or an integer, got {value!r}")

@@ -9,6 +9,12 @@ Example::
     rec.observe("1", "2628", timestamp=1700000000) # one GRU step; the next score reflects it
     rec.score(history=[("260", "interaction", 1), ("1196", "interaction", 2)], item_ids=["1210"])
 
+Retraining: reads keep serving the model a ``Recommender`` loaded, but once ``train_store`` has installed a newer
+model in the store (a new generation in its meta table), ``observe`` / ``apply_events`` / ``rebuild`` raise
+:class:`~mmrec.store.StaleModelError` rather than write states of a superseded model: ``Recommender.load`` the
+store again. Reads never write: a user whose stored state came from another model is recomputed from the event log
+in memory, for the answer only.
+
 Cold users: a user id the store has never seen is scored from the learned initial state, i.e. the interest the
 model assigns before any event (close to "what new users engage with first"), and gets a stored state from their
 first observed event on. Items embedded after training have no learned ID and are represented by their content.
@@ -26,14 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..encoders.precision import resolve_device
 from ..encoders.preprocess import clean_behaviour_texts
 from ..folding import EventFolder
 from ..io.values import id_string, unix_seconds
-from ..store import Store, UserState
-from ..trained import MODEL_DIR, TrainedModel, check_encoders
+from ..store import StaleModelError, Store, UserState
+from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 
-__all__ = ["Recommender", "Event"]
+__all__ = ["Recommender", "Event", "StaleModelError"]
 
 #: ``(item_id, event, timestamp)`` or ``(item_id, event, timestamp, text)``.
 Event = tuple
@@ -42,8 +47,11 @@ Event = tuple
 class Recommender:
     """A trained model bound to its store. Build with :meth:`load`."""
 
-    def __init__(self, store: Store, trained: TrainedModel, device: torch.device) -> None:
+    def __init__(self, store: Store, trained: TrainedModel, device: torch.device,
+                 generation: int | None = None) -> None:
         self.store = store
+        #: the store's model generation when this model was loaded (read before the model files)
+        self.generation: int = store.current_model()[0] if generation is None else generation
         self.trained = trained
         self.model = trained.network.to(device)
         self.meta = trained.meta
@@ -68,11 +76,40 @@ class Recommender:
     @classmethod
     def load(cls, store: str | Path | Store, device: str = "auto") -> Recommender:
         """Open ``store`` and its trained model. Raises :class:`~mmrec.trained.ModelLoadError` when there is no
-        model or the store's features were made by other encoders than the ones the model was trained on."""
+        model or the store's features were made by other encoders than the ones the model was trained on, and
+        ``ValueError`` naming ``device`` when it is no device of this machine."""
+        torch_device = model_device(device)
         store = store if isinstance(store, Store) else Store(store, create=False)
-        trained = TrainedModel.load(store.path / MODEL_DIR)
+        for _ in range(10):
+            # the generation is read before the files: a retrain committing in between makes this load stale (its
+            # writes are refused), never a superseded model current
+            generation, current = store.current_model()
+            trained = TrainedModel.load(store.path / MODEL_DIR)
+            if current in (None, trained.model_id):
+                break
+            time.sleep(0.1)  # the files are newer than the store: a retrain is about to commit
         check_encoders(trained, store.encoders())
-        return cls(store, trained, resolve_device(device))
+        return cls(store, trained, torch_device, generation)
+
+    def is_current(self) -> bool:
+        """Whether this model is still the store's current one (no retrain since it was loaded)."""
+        generation, current = self.store.current_model()
+        return generation == self.generation and current in (None, self.model_id)
+
+    def _check_current(self) -> None:
+        """Raise :class:`StaleModelError` unless this model is the store's current one; called inside the write
+        transaction, so no retrain can commit between the check and the write."""
+        generation, current = self.store.current_model()
+        if generation != self.generation:
+            raise StaleModelError(
+                f"store {self.store.path} was retrained since this Recommender loaded model {self.model_id} "
+                f"(generation {self.generation}; now {current}, generation {generation}): its states would be "
+                "stale, so nothing was written. Recommender.load the store again")
+        if current not in (None, self.model_id):
+            raise StaleModelError(
+                f"store {self.store.path}'s current model is {current}, but its model files hold {self.model_id} "
+                "(a retrain was interrupted?): nothing was written. Retrain with `mmrec train`, or "
+                "Recommender.load the store again")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _item_positions(self, item_ids: Iterable) -> torch.Tensor:
@@ -90,16 +127,16 @@ class Recommender:
         return self.event_names.index(event)
 
     def _user_interest(self, user_id: str) -> torch.Tensor:
+        """The stored interest of ``user_id``; a state from another model (or a logged user without one) is
+        recomputed from the log in memory, never written: reads do not write."""
         state = self.store.get_users([user_id]).get(user_id)
         if state is None or state.model != self.model_id:
-            if state is not None:
-                # A state from an older model: recompute from the log rather than mix models.
-                self.folder.rebuild(self.model_id, [user_id])
-                state = self.store.get_users([user_id])[user_id]
-            else:
+            recomputed = self.folder.recompute(self.model_id, [user_id])
+            if not recomputed:
                 with torch.no_grad():
                     h = self.model.interest_model.initial(1)
                     return self.model.interest_model.interest(h)[0]
+            state = recomputed[0]
         return torch.from_numpy(state.interest.copy()).to(self.device)
 
     def _history_interest(self, history: Sequence[Event]) -> torch.Tensor:
@@ -178,7 +215,8 @@ class Recommender:
 
     def observe(self, user_id, item_id, event: str | None = None, timestamp: int | float | None = None,
                 text: str | None = None) -> None:
-        """Fold one event into the user's stored interest (one GRU step) and append it to their event log.
+        """Fold one event into the user's stored interest (one GRU step) and append it to their event log
+        (:class:`StaleModelError` when the store was retrained since this model was loaded).
 
         ``event`` defaults to the training data's event (``"interaction"`` when it had no event column);
         ``timestamp`` defaults to now. An event not newer than the user's last one is placed in time order by
@@ -198,11 +236,13 @@ class Recommender:
         last one, so it takes its place in time order, or their state came from another model), and events +
         states commit in one transaction. Returns counts ``users``, ``applied``, ``duplicates``, ``recomputed``.
 
-        Raises ``KeyError`` / ``ValueError`` naming the first row with an unknown item or event."""
+        Raises ``KeyError`` / ``ValueError`` naming the first row with an unknown item or event, and
+        :class:`StaleModelError` (writing nothing) when the store was retrained since this model was loaded."""
         self._check_rows(rows)
         # The write lock is taken before the log and the states are read: another process applying events for
         # the same user in between would otherwise be overwritten (lost) or folded in twice.
         with self.store.transaction():
+            self._check_current()
             fresh_mask = self.store.new_events(rows)
             fresh = list(dict.fromkeys(r for r, f in zip(rows, fresh_mask) if f))
             by_user: dict[str, list[tuple]] = {}
@@ -279,5 +319,8 @@ class Recommender:
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
         users when ``user_ids`` is None (after a retrain). Logged events of items the store no longer holds or of
-        event kinds the model was not trained on are skipped. Returns the number of users rebuilt."""
-        return self.folder.rebuild(self.model_id, user_ids, batch_users)
+        event kinds the model was not trained on are skipped. Returns the number of users rebuilt; raises
+        :class:`StaleModelError` (writing nothing) when the store was retrained since this model was loaded."""
+        with self.store.transaction():
+            self._check_current()
+            return self.folder.rebuild(self.model_id, user_ids, batch_users)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.events import EventTable, read_events
+from ..store import StaleModelError
 from .recommender import Recommender
 
 __all__ = ["RefreshReport", "refresh_store"]
@@ -67,26 +68,45 @@ def _validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], 
     return rows, rejected
 
 
-def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048) -> RefreshReport:
+def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048,
+                  attempts: int = 3) -> RefreshReport:
     """Apply a file of new behaviour events to the stored interest vectors (vectorised over users, committed in
     batches of users), or recompute every user from the log with ``rebuild=True``. Re-applying the same file is a
-    no-op: events already in the log are skipped."""
+    no-op: events already in the log are skipped.
+
+    A retrain that installs a new model meanwhile replaces the event log with its training input (batches applied
+    before it are gone with the old model): the refresh then loads the new model and applies the whole file again
+    after it, up to ``attempts`` times in all, and reports that last pass; then
+    :class:`~mmrec.store.StaleModelError`."""
+    for attempt in range(attempts):
+        try:
+            return _refresh_once(store_dir, events, rebuild, batch_users)
+        except StaleModelError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _refresh_once(store_dir, events, rebuild: bool, batch_users: int) -> RefreshReport:
     rec = Recommender.load(store_dir, device="cpu")
-    report = RefreshReport()
-    if events is not None:
-        rows, report.rejected = _validate_events(read_events(events), rec)
-        by_user: dict[str, list[tuple]] = {}
-        for row in rows:
-            by_user.setdefault(row[0], []).append(row)
-        users = list(by_user)
-        for start in range(0, len(users), batch_users):
-            chunk = [r for u in users[start : start + batch_users] for r in by_user[u]]
-            counts = rec.apply_events(chunk)
-            report.users_refreshed += counts["users"]
-            report.events_applied += counts["applied"]
-            report.events_duplicate += counts["duplicates"]
-            report.users_recomputed += counts["recomputed"]
-    if rebuild:
-        report.users_recomputed += rec.rebuild()
-        report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
-    return report
+    try:
+        report = RefreshReport()
+        if events is not None:
+            rows, report.rejected = _validate_events(read_events(events), rec)
+            by_user: dict[str, list[tuple]] = {}
+            for row in rows:
+                by_user.setdefault(row[0], []).append(row)
+            users = list(by_user)
+            for start in range(0, len(users), batch_users):
+                chunk = [r for u in users[start : start + batch_users] for r in by_user[u]]
+                counts = rec.apply_events(chunk)
+                report.users_refreshed += counts["users"]
+                report.events_applied += counts["applied"]
+                report.events_duplicate += counts["duplicates"]
+                report.users_recomputed += counts["recomputed"]
+        if rebuild:
+            report.users_recomputed += rec.rebuild()
+            report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
+        return report
+    finally:
+        rec.store.close()

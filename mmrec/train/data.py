@@ -137,7 +137,8 @@ def load_training_data(
 def event_log_rows(interactions, context_events, data: TrainingData) -> list[tuple[str, int, str, str, str]]:
     """Every user's events (all interactions, including held-out ones, and text events) as store log rows
     ``(user_id, timestamp, item_id, event, text)``, as training read them: interactions of items the store holds,
-    text events with a user, a readable timestamp and a text, and only events of the model's vocabulary."""
+    text events of a user with interactions, with a readable timestamp and a text, and only events of the model's
+    vocabulary. :func:`mmrec.train.train_store` makes them the whole event log."""
     inter = read_events(interactions)
     rows = pd.DataFrame({"user_id": inter.user_id, "timestamp": inter.timestamp, "item_id": inter.item_id,
                          "event": inter.event_names(data.event_names[0]), "text": ""})
@@ -146,6 +147,7 @@ def event_log_rows(interactions, context_events, data: TrainingData) -> list[tup
         rows = pd.concat([rows, pd.DataFrame({
             "user_id": ctx.user_id, "timestamp": ctx.timestamp, "item_id": ctx.item_id,
             "event": ctx.event_names(ctx.text_column), "text": ctx.text,
-        })[ctx.readable & (ctx.user_id != "") & (ctx.text != "")]])  # training skips text events without text
+        # training skips text events without text, and those of users without interactions (it reads no such user)
+        })[ctx.readable & (pd.Index(data.split.user_ids).get_indexer(ctx.user_id) >= 0) & (ctx.text != "")]])
     rows = rows[rows.item_id.isin(data.item_ids) & rows.event.isin(data.event_names)]
     return list(rows[["user_id", "timestamp", "item_id", "event", "text"]].itertuples(index=False, name=None))

@@ -10,10 +10,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from ..encoders.precision import resolve_device
 from ..folding import EventFolder
 from ..store import Store
-from ..trained import MODEL_DIR, TrainedModel, check_encoders
+from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .config import TrainConfig
 from .data import event_log_rows, load_training_data
 from .evaluate import evaluate_model
@@ -34,7 +33,13 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
                 log=print, unknown_items: str = "error", text_encoder=None) -> dict:
     """Train on ``interactions`` (+ optional text-bearing ``context_events``) against the items in ``store_dir``;
     save the model in ``STORE/model``, write item vectors, the event log and every user's interest vector.
-    Returns a summary (epochs, best epoch, validation metrics, seconds)."""
+    Returns a summary (epochs, best epoch, validation metrics, seconds).
+
+    The training input is the truth: the store's event log is replaced by the events training read (events
+    observed or refreshed before are dropped, rows removed or corrected in the files are gone), every user state
+    is recomputed from it, and the model becomes the store's current one, in one transaction. Processes still
+    holding the previous model are refused writes from then on (:class:`~mmrec.store.StaleModelError`); events
+    refreshed or observed afterwards are appended to the new log."""
     config = config or TrainConfig()
     store = Store(store_dir, create=False)
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
@@ -66,15 +71,20 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
         "train": summary,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    trained.save(store.path / MODEL_DIR)
-    store.add_events(event_log)
     # Every item the store holds now, as serving will see them: items embedded during training are new items.
     item_ids = store.item_ids()
     with torch.no_grad():
         vectors = network.item_vectors(trained.item_features(store, item_ids))
-    store.put_item_vectors(item_ids, vectors.numpy(), model_id)
     folder = EventFolder(store, network, item_ids, vectors, trained.event_names, torch.device("cpu"))
-    rebuilt = folder.rebuild(model_id)
+    # One transaction installs the model: the log becomes exactly what training read, every state is refolded
+    # from it, and the new generation refuses writes from processes still holding the previous model. The files
+    # are saved last inside it (a failure before rolls the store back and leaves the old files in place).
+    with store.transaction():
+        store.replace_events(event_log)
+        store.put_item_vectors(item_ids, vectors.numpy(), model_id)
+        rebuilt = folder.rebuild(model_id)
+        store.install_model(model_id)
+        trained.save(store.path / MODEL_DIR)
     if log:
         log(f"saved model {model_id} to {store.path / MODEL_DIR}; {rebuilt} user interest vectors refreshed")
     return {"model_id": model_id, "users": rebuilt, **{k: v for k, v in summary.items() if k != "history"}}
@@ -85,10 +95,11 @@ def evaluate_store(store_dir, interactions, context_events=None, stages=("valid"
     """Metrics of the store's model under the evaluation protocol: ``{stage: metrics}``, cold items included.
     ``unknown_items="drop"`` skips interaction rows naming items the store does not hold; ``device`` runs the
     model there (``"auto"``: CUDA when available)."""
+    torch_device = model_device(device)
     store = Store(store_dir, create=False)
     trained = TrainedModel.load(store.path / MODEL_DIR)
     check_encoders(trained, store.encoders())
-    network = trained.network.to(resolve_device(device))
+    network = trained.network.to(torch_device)
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items,
                               event_names=trained.event_names, interaction_events=trained.interaction_events)
     # as served: items embedded since training are new items (content only), untrained modalities unread

@@ -208,7 +208,7 @@ def test_save_puts_each_file_on_disk_before_it_replaces_the_old_one(tmp_path, mo
                         lambda self, target: (steps.append(("replace", self.stat().st_ino)), replace(self, target))[1])
     TrainedModel(_small(65), {}).save(tmp_path)
     renamed = [ino for step, ino in steps if step == "replace"]
-    assert len(renamed) == 2
+    assert len(renamed) == 3  # weights, config, then the manifest of both
     for ino in renamed:
         assert steps.index(("fsync", ino)) < steps.index(("replace", ino))
     if os.name == "posix":
@@ -233,6 +233,7 @@ def test_unreadable_files_are_model_load_errors(tmp_path):
         TrainedModel.load(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     del meta["weights_sha256"]  # as saved before the hash existed: the file itself must still be checked
+    (tmp_path / "manifest.json").unlink()
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="does not fit"):
         TrainedModel.load(tmp_path)
