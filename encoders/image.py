@@ -10,7 +10,9 @@ Reference: Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 201
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 from ._version import file_fingerprint
 from .precision import autocast_context, resolve_device, resolve_precision
 
-__all__ = ["ImageEncoderConfig", "ImageEncoder", "ImageBatchResult", "load_image", "imagenet_categories"]
+__all__ = ["ImageEncoderConfig", "ImageEncoder", "ImageBatchResult", "MAX_IMAGE_BYTES", "load_image",
+           "read_image_file", "imagenet_categories"]
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128 in the TF original).
 _MEAN = 0.5
@@ -46,6 +49,42 @@ def imagenet_categories() -> list[str]:
     return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+#: Largest image file read, in bytes. Posters and product photos weigh well under 1 MB and a 50-megapixel camera JPEG
+#: about 20 MB; past 32 MB a file is a mistake (a video or disk image named .jpg) that would otherwise be read whole
+#: into memory, once per decode thread, before PIL could say it is no image.
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _check_image_file(mode: int, size: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "special")
+        raise ValueError(f"not a regular file ({kind})")
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"larger than {MAX_IMAGE_BYTES} bytes ({size} bytes)")
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of one image file, read only if it is a regular file of at most :data:`MAX_IMAGE_BYTES`.
+
+    Checked before opening (a FIFO would block ``open()`` until something writes to it, a device could stream
+    forever), opened non-blocking and checked again on the open file (the path may have changed in between), and
+    read no further than the cap. Raises ``FileNotFoundError``/``OSError`` for a missing or unreadable file and
+    ``ValueError`` (the reason, without the path) for a special file or one over the cap.
+    """
+    status = os.stat(path)
+    _check_image_file(status.st_mode, status.st_size)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        _check_image_file(status.st_mode, status.st_size)
+        data = handle.read(MAX_IMAGE_BYTES + 1)
+    _check_image_file(stat.S_IFREG, len(data))  # grew since the check
+    return data
+
+
 def load_image(source: _ImageSource, image_size: int = 224) -> torch.Tensor:
     """Decode one image file (or its bytes) into a ``(3, S, S)`` uint8 tensor.
 
@@ -53,9 +92,13 @@ def load_image(source: _ImageSource, image_size: int = 224) -> torch.Tensor:
     rotation is applied, the shorter side is resized to ``S / 0.875`` and the centre ``S x S`` is cropped, as in
     ImageNet evaluation. Raises ``OSError``/``ValueError`` for a missing or undecodable file, and PIL's
     ``Image.DecompressionBombError`` for one of more than twice ``Image.MAX_IMAGE_PIXELS`` pixels (its
-    ``DecompressionBombWarning``, issued from once that limit, is raised too where warnings are errors).
+    ``DecompressionBombWarning``, issued from once that limit, is raised too where warnings are errors). A path
+    is read with :func:`read_image_file`: a FIFO, device or directory, or a file (or bytes) over
+    :data:`MAX_IMAGE_BYTES`, is a ``ValueError``.
     """
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(source, bytes):
+        _check_image_file(stat.S_IFREG, len(source))
+    handle = io.BytesIO(source if isinstance(source, bytes) else read_image_file(source))
     with Image.open(handle) as image:
         resize_to = round(image_size / 0.875)
         # JPEG draft mode decodes at a reduced scale directly: a big win for large photos.

@@ -9,7 +9,9 @@ Stored image features are removed only when the catalogue says so: a row whose `
 item without an image. A run with images off, or on a catalogue without an ``image_path`` column, leaves every
 stored image as it is, and an image that cannot be used in this run (file missing or unreadable, undecodable, too many pixels)
 keeps the stored features it would have replaced, with a warning; only an item the store holds no image for falls
-back to text-only.
+back to text-only. Images are read only from regular files inside the images root (see :func:`_read_image`): a path
+leading out of it (``..``, absolute, symlink), a FIFO or device, or a file over ``MAX_IMAGE_BYTES`` is such an
+unusable image.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .io.catalog import CatalogRow, read_catalog
+from .encoders import image as image_files
 from .encoders.image import ImageEncoder, ImageEncoderConfig
 from .encoders.text import TextEncoder, TextEncoderConfig
 from .store import Store
@@ -96,13 +99,28 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def _read_image(path: Path | None) -> tuple[bytes | None, str | None]:
+def _read_image(path: Path | None, root: Path) -> tuple[bytes | None, str | None]:
+    """The bytes of a catalogued image, or why it cannot be used.
+
+    Only a regular file inside the resolved images ``root`` is read, once ``..``, symlinks and absolute paths are
+    resolved (a catalogue must not make embed read ``/etc/passwd`` or block on a FIFO), and none over
+    ``MAX_IMAGE_BYTES`` (see :func:`mmrec.encoders.image.read_image_file`)."""
     if path is None:
         return None, None
     try:
-        return path.read_bytes(), None
+        resolved = path.resolve(strict=True)
     except FileNotFoundError:
         return None, f"image file not found: {path}"
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop on Python < 3.13
+        return None, f"image file unreadable: {path} ({error})"
+    if not resolved.is_relative_to(root):
+        return None, f"image file outside the images root {root}: {path}"
+    try:
+        return image_files.read_image_file(resolved), None
+    except FileNotFoundError:
+        return None, f"image file not found: {path}"
+    except ValueError as error:
+        return None, f"image file unusable: {path} is {error}"
     except OSError as error:
         return None, f"image file unreadable: {path} ({error})"
 
@@ -133,10 +151,13 @@ def embed_catalog(
     stored_hashes = store.item_hashes()
     stored_modalities = store.stored_modalities()
     show = config.show_progress if config.show_progress is not None else len(rows) > 100
+    # Images are read only from inside this folder (resolved, so symlinks in the root's own path are fine).
+    images_root = Path(config.images_root if config.images_root is not None else Path(catalog).parent).resolve()
     with tqdm(total=len(rows), desc="embedding", unit="item", disable=not show) as bar:
         for start in range(0, len(rows), config.chunk_size):
             chunk = rows[start : start + config.chunk_size]
-            _embed_chunk(chunk, store, text_encoder, image_encoder, stored_hashes, stored_modalities, report)
+            _embed_chunk(chunk, store, text_encoder, image_encoder, stored_hashes, stored_modalities, report,
+                         images_root)
             bar.update(len(chunk))
     rejected = {r["item_id"] for r in report.rejected}
     for row in rows:
@@ -177,6 +198,7 @@ def _plan_row(
     stored_hashes: dict[str, tuple[str | None, str | None]],
     stored_modalities: dict[str, set[str]],
     report: EmbedReport,
+    images_root: Path,
 ) -> _Plan | None:
     """Decide what ``row`` should become before anything is encoded (``image_version=None``: images are off).
 
@@ -188,7 +210,7 @@ def _plan_row(
         if has_image:
             _keep_stored_image(plan, stored_hash, report, None)
     elif row.image is not None:
-        image_bytes, problem = _read_image(row.image)
+        image_bytes, problem = _read_image(row.image, images_root)
         if image_bytes is not None:
             plan.image_hash, plan.image_ref = _digest(image_version, image_bytes), str(row.image)
             plan.new_image = image_bytes
@@ -211,12 +233,14 @@ def _embed_chunk(
     stored_hashes: dict[str, tuple[str | None, str | None]],
     stored_modalities: dict[str, set[str]],
     report: EmbedReport,
+    images_root: Path,
 ) -> None:
     """Plan, encode and commit one chunk of rows (one transaction), updating the stored-state maps in place."""
     image_version = image_encoder.version if image_encoder is not None else None
     plans: list[_Plan] = []
     for row in chunk:
-        plan = _plan_row(row, text_encoder.version, image_version, stored_hashes, stored_modalities, report)
+        plan = _plan_row(row, text_encoder.version, image_version, stored_hashes, stored_modalities, report,
+                         images_root)
         if plan is None:
             continue
         if stored_hashes.get(row.item_id) == (plan.text_hash, plan.image_hash):

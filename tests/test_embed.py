@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,14 +32,19 @@ def runs(tmp_path_factory, posters, text_encoder, image_encoder):
     store = Store(folder / "store")
     catalog = _slice(200)
     catalog.to_csv(folder / "catalog.csv", index=False)
-    config = EmbedConfig(images_root=posters, text_columns=["title", "genres"])
+    # the posters this catalogue names, in a root the test owns: only files inside the images root are read
+    root = folder / "posters"
+    root.mkdir()
+    for name in catalog.image_path:
+        shutil.copy(posters / name, root / name)
+    config = EmbedConfig(images_root=root, text_columns=["title", "genres"])
     encoders = dict(text_encoder=text_encoder, image_encoder=image_encoder)
     first = embed_catalog(folder / "catalog.csv", store, config, **encoders)
     second = embed_catalog(folder / "catalog.csv", store, config, **encoders)
 
-    (folder / "corrupt.jpg").write_bytes((posters / "1.jpg").read_bytes()[:300] + b"\x00garbage" * 40)
+    (root / "corrupt.jpg").write_bytes((posters / "1.jpg").read_bytes()[:300] + b"\x00garbage" * 40)
     bad = catalog.copy()
-    bad.loc[0, "image_path"] = str(folder / "corrupt.jpg")
+    bad.loc[0, "image_path"] = "corrupt.jpg"
     bad.loc[1, "image_path"] = "does-not-exist.jpg"
     bad.loc[2, ["item_id", "title", "year", "genres", "tags", "image_path"]] = ["999999", "", "", "", "", ""]
     bad.to_csv(folder / "bad.csv", index=False)

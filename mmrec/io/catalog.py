@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..encoders.preprocess import CleanConfig, clean_text
@@ -58,12 +59,25 @@ def read_catalog_table(path: str | Path) -> pd.DataFrame:
 
 
 def _as_text(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    """One Parquet/JSON cell as the text a CSV user would have written in it.
+
+    Lists, tuples and numpy arrays (Parquet list columns read back as arrays) join with ``|``, nested ones
+    recursively, as CSV users write genres (:func:`compose_text` turns ``|`` into commas); integral floats lose the
+    ``.0`` (a year read as 1995.0 is "1995"); other floats keep their shortest repr at their own precision (float32
+    0.1 is "0.1", not 0.10000000149); missing values (None, NaN, ``pd.NA``, ``NaT``) are ""; bytes are UTF-8 text.
+    """
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "|".join(_as_text(v) for v in (value.ravel() if isinstance(value, np.ndarray) else value))
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return ""
-    if isinstance(value, (list, tuple)):
-        return "|".join(_as_text(v) for v in value)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
         return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else str(value)
     return str(value)
 
 
@@ -108,7 +122,8 @@ def read_catalog(
         path: CSV/JSONL/Parquet with ``item_id``, text columns and an optional ``image_path``.
         text_columns: columns joined into the item text; default: every column but ``image_path`` and ids (``item_id``, ``*_id``).
         images_root: folder ``image_path`` is relative to; default: the catalogue file's folder. Absolute image
-            paths are used as they are.
+            paths are kept as they are here; embed reads only images inside this folder
+            (:func:`mmrec.embed._read_image`).
         use_images: ``False`` ignores ``image_path`` (a text-only run).
 
     Raises ``ValueError`` naming the row for a missing ``item_id``, duplicate ids and unknown text columns.
