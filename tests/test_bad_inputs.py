@@ -657,15 +657,12 @@ add("api-apply-events-unknown-event", "error", "rows[0]: unknown event 'click'",
 add("api-apply-events-text-mismatch", "error", "rows[0]: the model reads 'tag' events by their text",
     apply([(USER, 5, ITEM, "tag", "")]))
 add("api-apply-events-empty", "valid", "", apply([]))
-add("api-apply-events-timestamp-word", "error", "timestamp", apply([(USER, "soon", ITEM, "interaction", "")]),
-    xfail="Recommender.apply_events (mmrec/serve/recommender.py) does not check row timestamps: a string one is "
-          "not refused with a ValueError naming the row")
+add("api-apply-events-timestamp-word", "error", "rows[0] timestamp",
+    apply([(USER, "soon", ITEM, "interaction", "")]))
 add("api-apply-events-spaced-user", "valid", "", lambda c: (
     c.rec.apply_events([(f" {USER} ", 2000000000, ITEM2, "interaction", "")]),
     c.rec.store.user_events([f" {USER} "]))[1],
-    check=lambda logs, c: not logs.get(f" {USER} ") or pytest.fail("stored a user id with spaces"),
-    xfail="Recommender.apply_events (mmrec/serve/recommender.py) does not read ids by the one id rule "
-          "(mmrec.io.values.id_string): ' 1 ' is logged as a user of its own")
+    check=lambda logs, c: not logs.get(f" {USER} ") or pytest.fail("stored a user id with spaces"))
 
 add("api-embed-text-columns-string", "error", "text_columns must be a list of column names",
     lambda c: EmbedConfig(text_columns="title"))

@@ -236,9 +236,14 @@ class Recommender:
         last one, so it takes its place in time order, or their state came from another model), and events +
         states commit in one transaction. Returns counts ``users``, ``applied``, ``duplicates``, ``recomputed``.
 
-        Raises ``KeyError`` / ``ValueError`` naming the first row with an unknown item or event, and
-        :class:`StaleModelError` (writing nothing) when the store was retrained since this model was loaded."""
+        Ids and timestamps are read by the same rules as every other entry point (ids stripped, integers as
+        strings; timestamps as unix seconds). Raises ``KeyError`` / ``ValueError`` naming the first row with an
+        unknown item or event or an unreadable id or timestamp, and :class:`StaleModelError` (writing nothing) when
+        the store was retrained since this model was loaded."""
         self._check_rows(rows)
+        rows = [(id_string(u, f"rows[{n}] user_id"), unix_seconds(ts, f"rows[{n}] timestamp"),
+                 id_string(item, f"rows[{n}] item_id"), event, text)
+                for n, (u, ts, item, event, text) in enumerate(rows)]
         # The write lock is taken before the log and the states are read: another process applying events for
         # the same user in between would otherwise be overwritten (lost) or folded in twice.
         with self.store.transaction():
@@ -290,7 +295,7 @@ class Recommender:
         if bad_shape is not None:
             raise ValueError(f"rows[{bad_shape}] must be (user_id, timestamp, item_id, event, text), "
                              f"got {rows[bad_shape]!r}")
-        items = self._item_index.get_indexer([r[2] for r in rows])
+        items = self._item_index.get_indexer([r[2].strip() if isinstance(r[2], str) else r[2] for r in rows])
         if (items < 0).any():
             n = int(np.argmax(items < 0))
             raise KeyError(f"rows[{n}]: unknown item id {rows[n][2]!r}: not in the store (embed it first)")
