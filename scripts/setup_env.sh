@@ -13,6 +13,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # Pinned explicitly first: this pair is served from the build machine's disk, and torchvision must match torch.
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.14.1}" "${TORCHVISION_SPEC:-torchvision==0.29.1}"
-  .venv/bin/python -m pip install -q -e '.[test,report]'
+  .venv/bin/python -m pip install -q -e '.[test,report,int8]'
   echo "$want" > "$stamp"
 fi
