@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .data.batch import NO_TEXT, SequenceBatch, gap_buckets
@@ -36,7 +35,8 @@ class EventFolder:
     """
 
     def __init__(self, store: Store, network: MultimodalRecommender, item_ids: Sequence[str],
-                 item_vectors: torch.Tensor, event_names: Sequence[str], device: torch.device) -> None:
+                 item_vectors: torch.Tensor, event_names: Sequence[str], device: torch.device,
+                 position: dict[str, int] | None = None) -> None:
         self.store = store
         self.network = network
         self.item_ids = list(item_ids)
@@ -45,10 +45,9 @@ class EventFolder:
         self.device = device
         self.max_len = network.config.max_len
         self.n_gap_buckets = network.config.interest.n_gap_buckets
-        self.position = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        #: item id -> row of ``item_vectors`` (``position``: a caller's map of the same ids, shared)
+        self.position = position if position is not None else {item_id: i for i, item_id in enumerate(self.item_ids)}
         self.event_rank = {name: i for i, name in enumerate(self.event_names)}
-        self._item_index = pd.Index(self.item_ids)
-        self._event_index = pd.Index(self.event_names)
         self._text_encoder = None
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
@@ -66,16 +65,17 @@ class EventFolder:
     def batch(self, sequences: Sequence[list[LogEvent]], previous: Sequence[int | None]
               ) -> tuple[SequenceBatch, torch.Tensor]:
         """Pad per-user event lists into a batch and its text table; gaps of each first event are measured from
-        ``previous`` (the user's last folded-in timestamp, if any). Vectorised over all events."""
+        ``previous`` (the user's last folded-in timestamp, if any). Events must name known items and events."""
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         b, width = len(sequences), max(int(lengths.max(initial=0)), 1)
         flat = [event for rows in sequences for event in rows]
+        position, rank = self.position, self.event_rank
         stamps_flat = np.array([e[0] for e in flat], dtype=np.int64)
-        items_flat = self._item_index.get_indexer([e[1] for e in flat]).astype(np.int64)
-        events_flat = self._event_index.get_indexer([e[2] for e in flat]).astype(np.int64)
-        texts_flat = [e[3] for e in flat]
-        unique_texts = list(dict.fromkeys(t for t in texts_flat if t))
-        text_codes = pd.Index(unique_texts, dtype=object).get_indexer(texts_flat)  # "" -> -1: no text
+        items_flat = np.array([position[e[1]] for e in flat], dtype=np.int64)
+        events_flat = np.array([rank[e[2]] for e in flat], dtype=np.int64)
+        codes = {t: n for n, t in enumerate(dict.fromkeys(e[3] for e in flat if e[3]))}
+        unique_texts = list(codes)
+        text_codes = np.array([codes.get(e[3], NO_TEXT) for e in flat], dtype=np.int64)
         row = np.repeat(np.arange(b), lengths)
         col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         items = np.full((b, width), len(self.item_ids), np.int64)
@@ -116,12 +116,13 @@ class EventFolder:
         window = rows[-self.max_len :]
         return window, rows[-self.max_len - 1][0] if len(rows) > self.max_len else None
 
-    def recompute(self, model_id: str, user_ids: Sequence[str]) -> list[UserState]:
+    def recompute(self, model_id: str, user_ids: Sequence[str], logs: dict[str, list[tuple]] | None = None
+                  ) -> list[UserState]:
         """States of ``user_ids`` computed from their logged events (the last ``max_len``, as in training), stamped
         with ``model_id``, without writing anything; users with no readable logged event are absent. Logged events
         of items the store no longer holds or of event kinds the model was not trained on are skipped (a log from
-        an earlier model trained with tags, say)."""
-        logs = self.store.user_events(list(user_ids))
+        an earlier model trained with tags, say). ``logs``: the users' logs when the caller has read them."""
+        logs = self.store.user_events(list(user_ids)) if logs is None else {u: logs[u] for u in user_ids}
         chunk = [u for u in logs if logs[u]]
         if not chunk:
             return []

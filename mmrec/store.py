@@ -22,9 +22,13 @@ import numpy as np
 
 from .io.values import sort_ids
 
-__all__ = ["Store", "UserState", "StaleModelError", "MODALITIES"]
+__all__ = ["Store", "UserState", "StaleModelError", "MODALITIES", "DURABILITY"]
 
 MODALITIES = ("text", "image")
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+"""``durability`` -> SQLite ``synchronous`` in WAL mode. ``normal``: a commit survives a crash of the process (no
+corruption, no loss), a power cut may lose the last commits; ``full``: each commit reaches the disk (fsync)
+before it returns."""
 DB_NAME = "mmrec.sqlite"
 SCHEMA_VERSION = "1"
 
@@ -94,7 +98,11 @@ def _blob(vector: np.ndarray) -> bytes:
 
 
 class Store:
-    """A store folder. Opening creates it (and its schema) when absent.
+    """A store folder. Opening creates it (and its schema) when absent. ``durability`` is how far a commit has
+    reached when it returns (:data:`DURABILITY`).
+
+    The connection may be used from any thread, one at a time: callers that share a ``Store`` between threads
+    serialise their calls (``Recommender`` does, with its lock).
 
     Example::
 
@@ -103,16 +111,19 @@ class Store:
         >>> ids, image, present = store.feature_matrix("image") # (N, 1280), or (N, 0) when no image is stored
     """
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, durability: str = "normal") -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability={durability!r}: use one of {sorted(DURABILITY)}")
         self.path = Path(path)
+        self.durability = durability
         if not create and not (self.path / DB_NAME).is_file():
             raise FileNotFoundError(f"no mmrec store at {self.path} (expected {DB_NAME} inside)")
         self.path.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (see `transaction`), never implicit half-batches.
-        self._db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, timeout=30.0, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self._db.execute("PRAGMA foreign_keys=ON")
             tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
@@ -157,6 +168,12 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (another process, or another ``Store`` of this
+        folder) commits: a cache of what this connection read is current while it is unchanged. This connection's
+        own commits leave it unchanged."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -208,6 +225,8 @@ class Store:
                      row["image_hash"], now),
                 )
                 db.execute("DELETE FROM features WHERE item_id = ?", (row["item_id"],))
+                # the item vector was fused from the features replaced here: it is recomputed from the new ones
+                db.execute("DELETE FROM item_vectors WHERE item_id = ?", (row["item_id"],))
                 db.executemany(
                     "INSERT INTO features (item_id, modality, encoder, vector) VALUES (?, ?, ?, ?)",
                     [(row["item_id"], m, enc, _blob(v)) for m, (enc, v) in row["features"].items()],
@@ -342,25 +361,29 @@ class Store:
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
 
-    def new_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> np.ndarray:
-        """``(R,) bool``: which rows are absent from the event log (applying them is not a repeat)."""
+    def insert_events(self, rows: Sequence[tuple[str, int, str, str, str]]) -> np.ndarray:
+        """Append rows to the event log (inside the caller's transaction when there is one); returns ``(R,)
+        bool``: which rows were new (a row already logged, or repeated earlier in ``rows``, is not)."""
+        inserted = np.zeros(len(rows), dtype=bool)
         with self.transaction() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (pos INTEGER, user_id TEXT, timestamp INTEGER,"
-                       " item_id TEXT, event TEXT, text TEXT)")
-            db.execute("DELETE FROM incoming")
-            db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?, ?, ?)", [(i, *r) for i, r in enumerate(rows)])
-            seen = db.execute(
-                "SELECT i.pos FROM incoming i JOIN events e ON e.user_id = i.user_id AND e.timestamp = i.timestamp"
-                " AND e.item_id = i.item_id AND e.event = i.event AND e.text = i.text"
-            ).fetchall()
-            db.execute("DELETE FROM incoming")
-        fresh = np.ones(len(rows), dtype=bool)
-        fresh[[p for (p,) in seen]] = False
-        return fresh
+            insert = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)"
+            for n, row in enumerate(rows):
+                inserted[n] = db.execute(insert, row).rowcount == 1
+        return inserted
 
     def logged_users(self) -> list[str]:
         """Every user with at least one logged event."""
         return [u for (u,) in self._db.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
+
+    def logged_among(self, user_ids: Sequence[str]) -> set[str]:
+        """Those of ``user_ids`` with at least one logged event."""
+        found: set[str] = set()
+        ids = list(user_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = f"SELECT DISTINCT user_id FROM events WHERE user_id IN ({','.join('?' * len(chunk))})"
+            found.update(u for (u,) in self._db.execute(query, chunk))
+        return found
 
     def seen_items(self, user_id: str, events: Sequence[str] | None = None) -> set[str]:
         """Items in the user's logged events (of the ``events`` names; all when ``None``), without reading the log."""

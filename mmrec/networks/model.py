@@ -223,12 +223,15 @@ class MultimodalRecommender(nn.Module):
 
         ``vectors (N, D)`` are the item vectors (index ``N`` = padding); ``texts`` index rows of ``text_table
         (T, text_dim)``, -1 for events without text."""
-        padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])
+        # padding reads row N-1 and is zeroed: no (N + 1, D) padded copy of the catalogue per call
+        n = vectors.shape[0]
+        real = (items < n).unsqueeze(-1).to(vectors.dtype)
+        event_vectors = vectors[items.clamp(max=n - 1)] * real
         text = has_text = None
         if self.interest_model.text_proj is not None and text_table is not None and len(text_table):
             has_text = texts >= 0
             text = text_table[texts.clamp(min=0)]
-        return self.interest_model.event_inputs(padded[items], events, gaps, text, has_text)
+        return self.interest_model.event_inputs(event_vectors, events, gaps, text, has_text)
 
     def states(self, batch: SequenceBatch, vectors: torch.Tensor, state: torch.Tensor | None = None,
                text_table: torch.Tensor | None = None):

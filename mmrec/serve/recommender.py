@@ -15,6 +15,15 @@ model in the store (a new generation in its meta table), ``observe`` / ``apply_e
 store again. Reads never write: a user whose stored state came from another model is recomputed from the event log
 in memory, for the answer only.
 
+Serving holds the catalogue in memory (item ids, an id -> row map, the item vectors read from the store) and reads
+users through a cache written through on every ``observe``; a write another process commits is seen by the next call
+(:mod:`mmrec.serve.users`). ``Recommender`` is safe to share between threads; events from several threads are
+committed together (:mod:`mmrec.serve.commit`). ``retrieval`` picks exact or ANN top-k (:mod:`mmrec.serve.retrieval`).
+
+Threads: ``Recommender.load`` sets torch's intra-op thread count for the process (``threads``, default
+:data:`SERVING_THREADS` = 1: on a small CPU a single request answers fastest on one thread, and throughput scales
+with processes, ``mmrec serve --workers``); ``threads=None`` leaves the process's setting alone.
+
 Cold users: a user id the store has never seen is scored from the learned initial state, i.e. the interest the
 model assigns before any event (close to "what new users engage with first"), and gets a stored state from their
 first observed event on. Items embedded after training have no learned ID and are represented by their content.
@@ -24,12 +33,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..encoders.preprocess import clean_behaviour_texts
@@ -37,18 +46,28 @@ from ..folding import EventFolder
 from ..io.values import id_string, unix_seconds
 from ..store import StaleModelError, Store, UserState
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
+from .commit import GroupCommit
+from .index import IndexConfig
+from .items import load_items
+from .retrieval import AnnRetrieval, open_index, resolve_retrieval
+from .users import UserCache
 
-__all__ = ["Recommender", "Event", "StaleModelError"]
+__all__ = ["Recommender", "Event", "StaleModelError", "SERVING_THREADS"]
 
 #: ``(item_id, event, timestamp)`` or ``(item_id, event, timestamp, text)``.
 Event = tuple
 
+SERVING_THREADS = 1
+"""torch intra-op threads a served process uses by default. Measured on a 2-core machine (``scripts/
+bench_serving.py``): ``score`` of 1 user x 1,000 items took ~76 ms at torch's default of 2 threads (the two
+threads wait on each other for work this small) and ~2 ms at 1; throughput comes from more processes."""
 
 class Recommender:
     """A trained model bound to its store. Build with :meth:`load`."""
 
     def __init__(self, store: Store, trained: TrainedModel, device: torch.device,
-                 generation: int | None = None) -> None:
+                 generation: int | None = None, retrieval: str = "exact",
+                 index_config: IndexConfig | None = None) -> None:
         self.store = store
         #: the store's model generation when this model was loaded (read before the model files)
         self.generation: int = store.current_model()[0] if generation is None else generation
@@ -63,23 +82,44 @@ class Recommender:
         self.text_events: tuple[str, ...] = trained.text_events
         self.default_event: str = trained.default_event
         self.max_len: int = self.model.max_len
-        self.item_ids: list[str] = store.item_ids()
-        self._item_index = pd.Index(self.item_ids)
-        features = trained.item_features(store, self.item_ids)
-        with torch.no_grad():
-            self.item_vectors = self.model.item_vectors(features.to(device))  # (N, D)
+        self.items = load_items(store, trained, device)
+        self.item_ids: list[str] = self.items.ids
+        self.item_vectors = self.items.vectors  # (N, D)
         # Items the model never trained on are ranked by the validation-chosen policy, as in evaluation.
-        self._new_items = (~features.known).to(device)  # (N,) bool
-        self.folder = EventFolder(store, self.model, self.item_ids, self.item_vectors, self.event_names, device)
+        self._new_items = self.items.new  # (N,) bool
+        self.folder = EventFolder(store, self.model, self.item_ids, self.item_vectors, self.event_names, device,
+                                  position=self.items.row)
+        with torch.inference_mode():
+            self._cold = self.model.interest_model.interest(self.model.interest_model.initial(1))[0].clone()
+        self._bias, self._bias_of = self.items.new_bias, self.model.new_items.bias
+        #: ``"exact"`` or ``"ann"``: how :meth:`recommend` finds candidates (:mod:`mmrec.serve.retrieval`)
+        self.retrieval = resolve_retrieval(retrieval, len(self.items))
+        self._ann = None
+        if self.retrieval == "ann":
+            self._ann = AnnRetrieval(*open_index(store.path, self.model_id, self.items, index_config), self.items)
+        self._lock = threading.RLock()
+        self.users = UserCache(store, self.folder, self.model_id, self._cold, self.items.row,
+                               self.interaction_events, self._lock)
+        self._commits: GroupCommit[dict[str, int]] = GroupCommit(self._commit)
 
     # -- loading -----------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, store: str | Path | Store, device: str = "auto") -> Recommender:
-        """Open ``store`` and its trained model. Raises :class:`~mmrec.trained.ModelLoadError` when there is no
+    def load(cls, store: str | Path | Store, device: str = "auto", *, threads: int | None = SERVING_THREADS,
+             durability: str = "normal", retrieval: str = "auto", index: IndexConfig | None = None) -> Recommender:
+        """Open ``store`` and its trained model. ``threads``: torch's intra-op threads for this process (``None``:
+        unchanged); ``durability``: ``"normal"`` or ``"full"`` (see :data:`mmrec.store.DURABILITY`) for the
+        events and states this process commits; ``retrieval``: ``"exact"``, ``"ann"`` or ``"auto"`` (exact below
+        :data:`~mmrec.serve.index.AUTO_EXACT_BELOW` items; :mod:`mmrec.serve.retrieval`), ``index``: the ANN
+        index's settings. Raises :class:`~mmrec.trained.ModelLoadError` when there is no
         model or the store's features were made by other encoders than the ones the model was trained on, and
-        ``ValueError`` naming ``device`` when it is no device of this machine."""
+        ``ValueError`` naming ``device``, ``threads``, ``durability`` or ``retrieval`` when it is not valid here."""
         torch_device = model_device(device)
-        store = store if isinstance(store, Store) else Store(store, create=False)
+        resolve_retrieval(retrieval, 0)
+        if threads is not None:
+            if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
+                raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+            torch.set_num_threads(int(threads))
+        store = store if isinstance(store, Store) else Store(store, create=False, durability=durability)
         for _ in range(10):
             # the generation is read before the files: a retrain committing in between makes this load stale (its
             # writes are refused), never a superseded model current
@@ -89,11 +129,23 @@ class Recommender:
                 break
             time.sleep(0.1)  # the files are newer than the store: a retrain is about to commit
         check_encoders(trained, store.encoders())
-        return cls(store, trained, torch_device, generation)
+        return cls(store, trained, torch_device, generation, retrieval, index)
+
+    def close(self) -> None:
+        """Close the store connection; ``with Recommender.load(...) as rec:`` does it on leaving."""
+        with self._lock:
+            self.store.close()
+
+    def __enter__(self) -> Recommender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def is_current(self) -> bool:
         """Whether this model is still the store's current one (no retrain since it was loaded)."""
-        generation, current = self.store.current_model()
+        with self._lock:
+            generation, current = self.store.current_model()
         return generation == self.generation and current in (None, self.model_id)
 
     def _check_current(self) -> None:
@@ -112,32 +164,24 @@ class Recommender:
                 "Recommender.load the store again")
 
     # -- helpers -----------------------------------------------------------------------------------------------
-    def _item_positions(self, item_ids: Iterable) -> torch.Tensor:
-        ids = [id_string(i, "item id") for i in item_ids]
-        position = self.folder.position
-        unknown = [i for i in ids if i not in position]
+    def _rows(self, item_ids: Iterable, name: str = "item id") -> torch.Tensor:
+        """``(C,)`` rows of ``item_ids`` in the item vectors; ``KeyError`` listing unknown ones."""
+        row = self.items.row
+        try:  # ids already spelled as the store spells them: one dict lookup each
+            return torch.from_numpy(np.fromiter((row[i] for i in item_ids), dtype=np.int64))
+        except (KeyError, TypeError):
+            pass
+        ids = [id_string(i, name) for i in item_ids]
+        unknown = [i for i in ids if i not in row]
         if unknown:
             raise KeyError(f"unknown item id(s) {unknown[:10]}: not in the store (embed them first)")
-        return torch.tensor([position[i] for i in ids], dtype=torch.long, device=self.device)
+        return torch.tensor([row[i] for i in ids], dtype=torch.long)
 
     def _event_index(self, event: str | None) -> int:
         event = self.default_event if event is None else str(event)
-        if event not in self.event_names:
+        if event not in self.folder.event_rank:
             raise ValueError(f"unknown event {event!r}; known events: {list(self.event_names)}")
-        return self.event_names.index(event)
-
-    def _user_interest(self, user_id: str) -> torch.Tensor:
-        """The stored interest of ``user_id``; a state from another model (or a logged user without one) is
-        recomputed from the log in memory, never written: reads do not write."""
-        state = self.store.get_users([user_id]).get(user_id)
-        if state is None or state.model != self.model_id:
-            recomputed = self.folder.recompute(self.model_id, [user_id])
-            if not recomputed:
-                with torch.no_grad():
-                    h = self.model.interest_model.initial(1)
-                    return self.model.interest_model.interest(h)[0]
-            state = recomputed[0]
-        return torch.from_numpy(state.interest.copy()).to(self.device)
+        return self.folder.event_rank[event]
 
     def _history_interest(self, history: Sequence[Event]) -> torch.Tensor:
         rows = []
@@ -146,7 +190,7 @@ class Recommender:
                 raise ValueError(f"history[{n}] must be (item_id, event, timestamp[, text]), got {event!r}")
             item_id, name = id_string(event[0], f"history[{n}] item_id"), event[1]
             ts = unix_seconds(event[2], f"history[{n}] timestamp")
-            self._item_positions([item_id])
+            self._rows([item_id])
             self._event_index(name)
             text = event[3] if len(event) == 4 and isinstance(event[3], str) else ""  # None/NaN: no text
             rows.append((ts, item_id, name or self.default_event, text))
@@ -158,60 +202,116 @@ class Recommender:
                 raise ValueError(f"history[{n}]: {problem}")
         window, previous = self.folder.window(self.folder.sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
         if not window:
-            with torch.no_grad():
-                return self.model.interest_model.interest(self.model.interest_model.initial(1))[0]
-        _, interest = self.folder.advance([window], None, [previous])
+            return self._cold
+        with self._lock:  # event texts may be read from the store's cache
+            _, interest = self.folder.advance([window], None, [previous])
         return interest[0]
 
+    def _new_bias(self) -> torch.Tensor:
+        """``(N,)`` the new-item policy's retrieval lift per item, remade only when the policy changes."""
+        bias = self.model.new_items.bias
+        if self._bias_of != bias:
+            self._bias, self._bias_of = bias * self._new_items.float(), bias
+        return self._bias
+
+    @staticmethod
+    def _user_ids(user_ids: Sequence) -> list[str]:
+        if not isinstance(user_ids, Iterable) or isinstance(user_ids, (str, bytes)):
+            raise ValueError(f"user_ids must be a list of user ids, got {user_ids!r}")
+        return [id_string(u, f"user_ids[{n}]") for n, u in enumerate(user_ids)]
+
     # -- public API --------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def score(self, user_id=None, item_ids: Sequence | None = None, *, history: Sequence[Event] | None = None
               ) -> np.ndarray:
         """Probability ``(len(item_ids),) float32`` in [0, 1] that the user engages with each item, in the given
         order. Give either a stored ``user_id`` (unknown users get the cold-user fallback) or a ``history`` of
         ``(item_id, event, timestamp)`` for a user the store has never seen. Ids are strings or integers."""
-        if not isinstance(item_ids, Iterable) or isinstance(item_ids, (str, bytes)):
-            raise ValueError(f"item_ids must be a list of item ids, got {item_ids!r}")
         if (user_id is None) == (history is None):
             raise ValueError("give exactly one of user_id or history")
-        items = self._item_positions(item_ids)
         if history is None:
-            interest = self._user_interest(id_string(user_id, "user_id"))
-        else:
-            interest = self._history_interest(history)
+            return self.score_many([user_id], item_ids)[0]
+        items = self._candidate_rows(item_ids)
+        interest = self._history_interest(history)
+        return self._probabilities(interest[None], items)[0]
+
+    def score_many(self, user_ids: Sequence, item_ids: Sequence) -> np.ndarray:
+        """``(U, C) float32`` probabilities of every user in ``user_ids`` for every item in ``item_ids``, in one
+        forward pass (see :meth:`score`)."""
+        users = self._user_ids(user_ids)
+        items = self._candidate_rows(item_ids)
+        return self._probabilities(self.users.interests(users), items)
+
+    def _candidate_rows(self, item_ids) -> torch.Tensor:
+        if not isinstance(item_ids, Iterable) or isinstance(item_ids, (str, bytes)):
+            raise ValueError(f"item_ids must be a list of item ids, got {item_ids!r}")
+        return self._rows(item_ids)
+
+    @torch.inference_mode()
+    def _probabilities(self, interests: torch.Tensor, items: torch.Tensor) -> np.ndarray:
         if len(items) == 0:
-            return np.zeros(0, np.float32)
-        probs = self.model.scorer.probability(interest[None], self.item_vectors[items][None])[0]
+            return np.zeros((len(interests), 0), np.float32)
+        candidates = self.item_vectors[items.to(self.device)]  # (C, D)
+        probs = self.model.scorer.probability(interests, candidates.expand(len(interests), *candidates.shape))
         return probs.float().cpu().numpy()
 
-    @torch.no_grad()
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
-        """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures: exact
-        dot-product retrieval, then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
+        """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures:
+        dot-product retrieval (exact, or ANN candidates re-scored exactly: ``retrieval``), then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
         alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
         leaves out the items of the user's interaction events (the kinds training predicted); an item the user only
         tagged stays rankable, as in evaluation. A model whose ``NewItemPolicy`` has ``slots`` gives the last
         places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
         to ``k`` (halves rounded up: 6 of 20 are 3 of 10, 5 of 20 are 3 of 10); evaluation measured the lists of
         ``new_item_slot_depth``."""
+        return self.recommend_many([user_id], k, exclude_seen)[0]
+
+    def recommend_many(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True
+                       ) -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for every user of ``user_ids``, in one forward pass over the catalogue."""
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
-        user_id = id_string(user_id, "user_id")
-        interest = self._user_interest(user_id)
-        dot = self.item_vectors @ interest + self.model.new_items.bias * self._new_items.float()  # (N,)
-        if exclude_seen:
-            seen = self.store.seen_items(user_id, self.interaction_events)
-            if seen:
-                dot[self._item_positions(seen & self.folder.position.keys())] = float("-inf")
+        users = self._user_ids(user_ids)
+        interests = self.users.interests(users)
+        seen = self.users.seen_rows(users) if exclude_seen else None
+        return self._top(interests, seen, int(k))
+
+    @torch.inference_mode()
+    def _top(self, interests: torch.Tensor, seen: list[torch.Tensor] | None, k: int) -> list[list[tuple[str, float]]]:
+        model, vectors, new = self.model, self.item_vectors, self._new_items
+        depth = model.config.new_item_slot_depth
+        slots = math.floor(model.new_items.slots * k / depth + 0.5)  # halves round up
+        if self._ann is not None:
+            return self._top_ann(interests, seen, k, slots)
+        dot = interests @ vectors.T + self._new_bias()  # (U, N)
+        if seen:
+            users = torch.cat([torch.full((len(s),), u, dtype=torch.long) for u, s in enumerate(seen)])
+            dot[users.to(self.device), torch.cat(seen).to(self.device)] = float("-inf")
         # the model's own re-ranking and new-item places: the order evaluation measures when k is the places' depth
-        scores = self.model.rerank(interest[None], self.item_vectors, dot[None], self._new_items)
-        depth = self.model.config.new_item_slot_depth
-        slots = math.floor(self.model.new_items.slots * k / depth + 0.5)  # halves round up
-        scores = self.model.place_new_items(scores, self._new_items, slots, k)[0]
-        top = scores.topk(min(k, int(torch.isfinite(scores).sum()))).indices
-        probs = torch.sigmoid(self.model.scorer.logits(interest[None], self.item_vectors[top][None])[0])
-        return [(self.item_ids[int(i)], float(p)) for i, p in zip(top, probs)]
+        scores = model.place_new_items(model.rerank(interests, vectors, dot, new), new, slots, k)
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        probs = torch.sigmoid(model.scorer.logits(interests, vectors[top.indices])).cpu().numpy()
+        rankable = torch.isfinite(top.values).cpu().numpy()
+        ids = self.item_ids
+        return [[(ids[i], float(p)) for i, p, ok in zip(row, prob, keep) if ok]
+                for row, prob, keep in zip(top.indices.tolist(), probs, rankable)]
+
+    def _top_ann(self, interests: torch.Tensor, seen: list[torch.Tensor] | None, k: int, slots: int
+                 ) -> list[list[tuple[str, float]]]:
+        """:meth:`_top` over the ANN index's candidates: enough for the re-ranker and ``k``, plus the best new
+        items for the ``slots`` places; the model ranks them as it ranks the whole catalogue."""
+        model = self.model
+        fetch = max(k, model.config.scorer.rerank)
+        cands = self._ann.candidates(interests, float(model.new_items.bias), seen, fetch, slots, self.item_vectors)
+        out = []
+        for u, rows in enumerate(cands):
+            rows = rows.to(self.device)
+            interest, vectors, new = interests[u : u + 1], self.item_vectors[rows], self._new_items[rows]
+            dot = interest @ vectors.T + self._new_bias()[rows]  # (1, C)
+            scores = model.place_new_items(model.rerank(interest, vectors, dot, new), new, slots, k)
+            top = scores.topk(min(k, scores.shape[1]), dim=1).indices[0]
+            probs = torch.sigmoid(model.scorer.logits(interest, vectors[top][None]))[0].cpu().tolist()
+            out.append([(self.item_ids[i], p) for i, p in zip(rows[top].tolist(), probs)])
+        return out
 
     def observe(self, user_id, item_id, event: str | None = None, timestamp: int | float | None = None,
                 text: str | None = None) -> None:
@@ -222,9 +322,9 @@ class Recommender:
         ``timestamp`` defaults to now. An event not newer than the user's last one is placed in time order by
         recomputing that user from the log. Stepping carries the whole history in the GRU state, while a recompute
         (and evaluation) reads the last ``max_len`` events: for users with longer histories the two differ
-        slightly."""
+        slightly. Calls from several threads at once are committed together, each returning once its event is."""
         user_id, item_id = id_string(user_id, "user_id"), id_string(item_id, "item_id")
-        self._item_positions([item_id])
+        self._rows([item_id])
         name = self.event_names[self._event_index(event)]
         ts = int(time.time()) if timestamp is None else unix_seconds(timestamp, "timestamp")
         row = (user_id, ts, item_id, name, clean_behaviour_texts([text])[0] if text else "")
@@ -240,25 +340,52 @@ class Recommender:
         strings; timestamps as unix seconds). Raises ``KeyError`` / ``ValueError`` naming the first row with an
         unknown item or event or an unreadable id or timestamp, and :class:`StaleModelError` (writing nothing) when
         the store was retrained since this model was loaded."""
-        self._check_rows(rows)
-        rows = [(id_string(u, f"rows[{n}] user_id"), unix_seconds(ts, f"rows[{n}] timestamp"),
-                 id_string(item, f"rows[{n}] item_id"), event, text)
+        return self._commits.submit(self._prepare(rows))
+
+    def _prepare(self, rows: Sequence[tuple]) -> list[tuple[str, int, str, str, str]]:
+        """``rows`` read by the one id/timestamp rule; the first row (0-based) the model cannot fold in is an error
+        naming it: by shape, then item, event, text, id and timestamp, in that order."""
+        bad_shape = next((n for n, r in enumerate(rows) if not isinstance(r, (tuple, list)) or len(r) != 5), None)
+        if bad_shape is not None:
+            raise ValueError(f"rows[{bad_shape}] must be (user_id, timestamp, item_id, event, text), "
+                             f"got {rows[bad_shape]!r}")
+        row = self.items.row
+        for n, r in enumerate(rows):
+            if (r[2].strip() if isinstance(r[2], str) else r[2]) not in row:
+                raise KeyError(f"rows[{n}]: unknown item id {r[2]!r}: not in the store (embed it first)")
+        rank = self.folder.event_rank
+        for n, r in enumerate(rows):
+            if not isinstance(r[3], str) or r[3] not in rank:
+                raise ValueError(f"rows[{n}]: unknown event {r[3]!r}; known events: {list(self.event_names)}")
+        for n, r in enumerate(rows):
+            if r[4] is not None and not isinstance(r[4], str):
+                raise ValueError(f"rows[{n}]: text must be a string, got {r[4]!r}")
+            problem = self._text_problem(r[3], r[4] or "")
+            if problem:
+                raise ValueError(f"rows[{n}]: {problem}")
+        return [(id_string(u, f"rows[{n}] user_id"), unix_seconds(ts, f"rows[{n}] timestamp"),
+                 id_string(item, f"rows[{n}] item_id"), event, text or "")
                 for n, (u, ts, item, event, text) in enumerate(rows)]
+
+    def _commit(self, batches: list[list[tuple]]) -> list[dict[str, int]]:
+        """Apply the rows of ``batches`` (already prepared) in one transaction; counts per batch."""
+        rows = [r for batch in batches for r in batch]
         # The write lock is taken before the log and the states are read: another process applying events for
         # the same user in between would otherwise be overwritten (lost) or folded in twice.
-        with self.store.transaction():
+        with self._lock, self.store.transaction():
             self._check_current()
-            fresh_mask = self.store.new_events(rows)
-            fresh = list(dict.fromkeys(r for r, f in zip(rows, fresh_mask) if f))
+            self.users.sync()
+            users = list(dict.fromkeys(r[0] for r in rows))
+            known = self.users.known(users)  # before this batch's events are inserted
+            fresh_mask = self.store.insert_events(rows)
             by_user: dict[str, list[tuple]] = {}
-            for user_id, ts, item_id, event, text in fresh:
-                by_user.setdefault(user_id, []).append((ts, item_id, event, text))
-            stored = self.store.get_users(list(by_user))
-            logged = self.store.user_events([u for u in by_user if u not in stored])
+            for (user_id, ts, item_id, event, text), fresh in zip(rows, fresh_mask):
+                if fresh:
+                    by_user.setdefault(user_id, []).append((ts, item_id, event, text))
             step_users, recompute = [], []
             for user_id, events in by_user.items():
-                state = stored.get(user_id)
-                if state is None and not logged[user_id]:
+                state, was_logged = known[user_id]
+                if state is None and not was_logged:
                     step_users.append(user_id)  # brand-new user: start from the initial state
                 elif (state is None or state.model != self.model_id
                       # an event in the same second as the last one may sort before it: recompute to be sure
@@ -266,49 +393,39 @@ class Recommender:
                     recompute.append(user_id)
                 else:
                     step_users.append(user_id)
-            self.store.add_events(fresh)
-            updates = []
-            if step_users:
-                seqs = [self.folder.sorted(by_user[u]) for u in step_users]
-                starts = [stored.get(u) for u in step_users]
-                init = self.model.interest_model.initial(len(step_users)).detach().clone()
-                for i, s in enumerate(starts):
-                    if s is not None:
-                        init[i] = torch.from_numpy(s.state.copy())
-                h, interest = self.folder.advance(seqs, init.to(self.device),
-                                                  [s.last_timestamp if s else None for s in starts])
-                for i, u in enumerate(step_users):
-                    n_before = starts[i].n_events if starts[i] else 0
-                    updates.append(UserState(u, self.model_id, h[i].cpu().numpy(), interest[i].cpu().numpy(),
-                                             seqs[i][-1][0], n_before + len(seqs[i])))
+            updates = self._step(step_users, by_user, {u: known[u][0] for u in step_users})
             self.store.put_users(updates)
             if recompute:
                 self.folder.rebuild(self.model_id, recompute)
-        return {"users": len(by_user), "applied": len(fresh), "duplicates": len(rows) - len(fresh),
-                "recomputed": len(recompute)}
+            self.users.put(users, updates)
+        counts, start = [], 0
+        recomputed = set(recompute)
+        for batch in batches:
+            part = fresh_mask[start : start + len(batch)]
+            batch_users = set(r[0] for r in batch)
+            counts.append({"users": len({r[0] for r, f in zip(batch, part) if f}), "applied": int(part.sum()),
+                           "duplicates": int(len(batch) - part.sum()),
+                           "recomputed": len(batch_users & recomputed)})
+            start += len(batch)
+        return counts
 
-    def _check_rows(self, rows: Sequence[tuple]) -> None:
-        """The first row (0-based) whose item or event the model cannot fold in is an error naming it."""
-        if not rows:
-            return
-        bad_shape = next((n for n, r in enumerate(rows) if not isinstance(r, (tuple, list)) or len(r) != 5), None)
-        if bad_shape is not None:
-            raise ValueError(f"rows[{bad_shape}] must be (user_id, timestamp, item_id, event, text), "
-                             f"got {rows[bad_shape]!r}")
-        items = self._item_index.get_indexer([r[2].strip() if isinstance(r[2], str) else r[2] for r in rows])
-        if (items < 0).any():
-            n = int(np.argmax(items < 0))
-            raise KeyError(f"rows[{n}]: unknown item id {rows[n][2]!r}: not in the store (embed it first)")
-        events = pd.Index(self.event_names).get_indexer([r[3] for r in rows])
-        if (events < 0).any():
-            n = int(np.argmax(events < 0))
-            raise ValueError(f"rows[{n}]: unknown event {rows[n][3]!r}; known events: {list(self.event_names)}")
-        # a text event must carry text and no other event may: one vectorised pass, the first offender is named
-        mismatched = np.isin(events, [self.folder.event_rank[e] for e in self.text_events]) != np.array(
-            [bool(r[4]) for r in rows])
-        if mismatched.any():
-            n = int(np.argmax(mismatched))
-            raise ValueError(f"rows[{n}]: {self._text_problem(rows[n][3], rows[n][4])}")
+    @torch.inference_mode()
+    def _step(self, step_users: list[str], by_user: dict[str, list[tuple]], starts: dict[str, UserState | None]
+              ) -> list[UserState]:
+        """One GRU pass over the new events of ``step_users`` from ``starts`` (their states; ``None``: initial)."""
+        if not step_users:
+            return []
+        seqs = [self.folder.sorted(by_user[u]) for u in step_users]
+        init = self.model.interest_model.initial(len(step_users)).clone()
+        for i, u in enumerate(step_users):
+            if starts[u] is not None:
+                init[i] = torch.tensor(starts[u].state)
+        previous = [starts[u].last_timestamp if starts[u] else None for u in step_users]
+        h, interest = self.folder.advance(seqs, init.to(self.device), previous)
+        h, interest = h.cpu().numpy(), interest.cpu().numpy()
+        return [UserState(u, self.model_id, h[i], interest[i], seqs[i][-1][0],
+                          (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
+                for i, u in enumerate(step_users)]
 
     def _text_problem(self, event: str, text: str) -> str:
         """Why an ``event`` with (cleaned) ``text`` cannot be read as training read events, or ``""``."""
@@ -326,6 +443,7 @@ class Recommender:
         users when ``user_ids`` is None (after a retrain). Logged events of items the store no longer holds or of
         event kinds the model was not trained on are skipped. Returns the number of users rebuilt; raises
         :class:`StaleModelError` (writing nothing) when the store was retrained since this model was loaded."""
-        with self.store.transaction():
+        with self._lock, self.store.transaction():
             self._check_current()
+            self.users.clear()
             return self.folder.rebuild(self.model_id, user_ids, batch_users)

@@ -74,7 +74,7 @@ def test_recommend_with_exclude_seen_false_ranks_seen_items_too(trained):
     # exclude_seen=False may return them
     assert seen & set(ids)
     assert not seen & {i for i, _ in rec.recommend("1", k=20)}
-    assert ids == reference_top(rec, rec._user_interest("1"), set(), 20)
+    assert ids == reference_top(rec, rec.users.interests(["1"])[0], set(), 20)
     np.testing.assert_allclose([p for _, p in everything], rec.score("1", ids), rtol=1e-5)
 
 
@@ -214,7 +214,7 @@ def test_a_newly_embedded_item_is_lifted_by_recommend_and_scored_unlifted(traine
     def lifts(user):
         """1.5 std of the user's retrieval scores and re-ranker logits over the catalogue (the README's scale)."""
         with torch.no_grad():
-            interest = rec._user_interest(user)
+            interest = rec.users.interests([user])[0]
             return (1.5 * float((rec.item_vectors @ interest).std()),
                     1.5 * float(rec.model.scorer.logits(interest[None], rec.item_vectors[None])[0].std()))
 
@@ -344,10 +344,10 @@ def test_recommend_serves_the_order_evaluation_measures(trained, rerank, monkeyp
     monkeypatch.setattr(rec.model, "config", replace(config, scorer=replace(config.scorer, rerank=rerank)))
     served = [item for item, _ in rec.recommend("1", k=20)]
     with torch.no_grad():
-        interest = rec._user_interest("1")
+        interest = rec.users.interests(["1"])[0]
         dot = rec.item_vectors @ interest + rec.model.new_items.bias * rec._new_items
         seen = {row[1] for row in rec.store.user_events(["1"])["1"]}
-        dot[rec._item_positions(seen & rec.folder.position.keys())] = float("-inf")
+        dot[rec._rows(seen & rec.folder.position.keys())] = float("-inf")
         scores = rec.model.rerank(interest[None], rec.item_vectors, dot[None], rec._new_items.bool())[0]
     assert served == [rec.item_ids[i] for i in scores.topk(20).indices.tolist()]
 
@@ -419,16 +419,18 @@ def test_an_update_holds_the_write_lock_while_it_reads_the_users_state(trained, 
     other.store.db.execute("PRAGMA busy_timeout = 50")
     user = "concurrent-user"
     rec.observe(user, "260", timestamp=100)
-    blocked, read_state = [], rec.store.get_users
+    blocked, read_version = [], rec.store.data_version
 
-    def get_users_while_the_other_writes(ids):
-        try:  # the other connection tries to write for the same user while this update reads its state
+    def version_while_the_other_writes():
+        # the cached state is valid only while the store's data_version is unchanged: the other connection tries to
+        # write for the same user while this update checks it
+        try:
             other.observe(user, "1210", timestamp=300)
         except sqlite3.OperationalError as error:
             blocked.append(str(error))
-        return read_state(ids)
+        return read_version()
 
-    monkeypatch.setattr(rec.store, "get_users", get_users_while_the_other_writes)
+    monkeypatch.setattr(rec.store, "data_version", version_while_the_other_writes)
     rec.observe(user, "1196", timestamp=200)
     monkeypatch.undo()
     assert blocked and "locked" in blocked[0]
@@ -530,7 +532,7 @@ def test_new_item_places_take_the_end_of_every_list_and_leave_the_trained_items_
     _, _, rec, _ = trained
     new = torch.from_numpy(np.random.default_rng(0).random(len(rec.item_ids)) < 0.2)  # as if never trained
     with torch.no_grad():
-        interest = rec._user_interest("1")
+        interest = rec.users.interests(["1"])[0]
         scores = rec.model.rerank(interest[None], rec.item_vectors, (rec.item_vectors @ interest)[None], new)
         scores[0, :5] = float("-inf")  # excluded items
         placed = rec.model.place_new_items(scores, new, slots=6, depth=20)[0]
