@@ -20,6 +20,7 @@ from .commands import (add_demo_arguments, add_embed_arguments, add_evaluate_arg
                        add_report_arguments, add_train_arguments, demo_command, embed_command, evaluate_command,
                        refresh_command, report_command, train_command)
 from .options import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, check_device, fail, print_json_last
+from .serve import add_serve_arguments, serve_command
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "build_parser", "main", "run_command"]
 
@@ -33,6 +34,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "refresh": ("apply new behaviour events to stored user interest vectors", add_refresh_arguments, refresh_command),
     "report": ("train every model on the same split (3 seeds, warm and cold) and write a quality report",
                add_report_arguments, report_command),
+    "serve": ("serve a trained store over HTTP: score, recommend, events, health and metrics", add_serve_arguments,
+              serve_command),
 }
 
 

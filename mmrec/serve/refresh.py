@@ -3,6 +3,7 @@ vectors, or recompute every user from the event log."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..io.events import EventTable, read_events
 from ..store import StaleModelError
 from .recommender import Recommender
 
-__all__ = ["RefreshReport", "refresh_store"]
+__all__ = ["RefreshReport", "refresh_store", "validate_event_records", "validate_events"]
 
 
 @dataclass
@@ -30,10 +31,11 @@ class RefreshReport:
         return asdict(self)
 
 
-def _validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], list[dict]]:
-    """Rows ``(user_id, timestamp, item_id, event, text)`` that can be applied, and the rejected ones with reasons
-    (row numbers count data rows from 1). Ids, timestamps and texts are read as training reads them, so a file
-    that trains also refreshes."""
+def validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], list[dict]]:
+    """Rows ``(user_id, timestamp, item_id, event, text)`` that can be applied, and the rejected ones: ``row`` (data
+    rows counted from 1), ``user_id``, ``item_id``, the ``field`` at fault and the ``reason``. Ids, timestamps and
+    texts are read as training reads them, so a file that trains also refreshes. ``mmrec refresh`` and the HTTP
+    service's ``POST /events`` (:func:`validate_event_records`) both judge rows here."""
     users, items, texts = (pd.Series(a, dtype=object) for a in (table.user_id, table.item_id, table.text))
     stamps = pd.Series(table.timestamp)
     has_event_column = table.event is not None
@@ -42,15 +44,16 @@ def _validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], 
     named = table.text_column if table.text_column in rec.text_events else rec.default_event
     events = pd.Series(table.event_names(named), dtype=object)
     reasons = pd.Series("", index=users.index)
+    fields = pd.Series("", index=users.index)
     checks = [
-        (users == "", "empty user_id"),
-        (~items.isin(rec.item_ids), "unknown item_id (not in the store)"),
-        (pd.Series(~table.readable),
+        ("user_id", users == "", "empty user_id"),
+        ("item_id", ~items.isin(rec.item_ids), "unknown item_id (not in the store)"),
+        ("timestamp", pd.Series(~table.readable),
          "timestamp is missing, unreadable or beyond the int64 range (unix seconds or a date)"),
-        (~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
-        (events.isin(rec.text_events) & (texts == ""),
+        ("event", ~events.isin(rec.event_names), f"unknown event; known events: {list(rec.event_names)}"),
+        ("text", events.isin(rec.text_events) & (texts == ""),
          f"no text: {list(rec.text_events)} events are read by their text (training skips them without)"),
-        (~events.isin(rec.text_events) & (texts != ""),
+        ("text", ~events.isin(rec.text_events) & (texts != ""),
          "text on an event that carries none in training ("
          + (f"only {list(rec.text_events)} events have text" if rec.text_events
             else "the model was trained without text events")
@@ -58,14 +61,27 @@ def _validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], 
             f"; without an event column these rows are {rec.default_event!r} events: add an event column")
          + ")"),
     ]
-    for bad, reason in checks:
-        reasons = reasons.mask(bad & (reasons == ""), reason)
+    for field_name, bad, reason in checks:
+        first = bad & (reasons == "")
+        reasons = reasons.mask(first, reason)
+        fields = fields.mask(first, field_name)
     bad = reasons != ""
-    rejected = [{"row": int(i) + 1, "user_id": users[i], "item_id": items[i], "reason": reasons[i]}
-                for i in np.flatnonzero(bad.to_numpy())]
+    rejected = [{"row": int(i) + 1, "user_id": users[i], "item_id": items[i], "field": fields[i],
+                 "reason": reasons[i]} for i in np.flatnonzero(bad.to_numpy())]
     good = ~bad
     rows = list(zip(users[good], stamps[good].tolist(), items[good], events[good], texts[good]))
     return rows, rejected
+
+
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "event", "text")
+
+
+def validate_event_records(records: Sequence[dict], rec: Recommender) -> tuple[list[tuple], list[dict]]:
+    """:func:`validate_events` for events given as records (dicts with the keys of :data:`EVENT_FIELDS`; a missing
+    or ``None`` ``text`` is no text), read as ``mmrec refresh`` reads a file with these columns."""
+    frame = pd.DataFrame.from_records(list(records), columns=list(EVENT_FIELDS))
+    frame["text"] = frame["text"].where(frame["text"].notna(), "")
+    return validate_events(read_events(frame), rec)
 
 
 def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048,
@@ -92,7 +108,7 @@ def _refresh_once(store_dir, events, rebuild: bool, batch_users: int) -> Refresh
     try:
         report = RefreshReport()
         if events is not None:
-            rows, report.rejected = _validate_events(read_events(events), rec)
+            rows, report.rejected = validate_events(read_events(events), rec)
             by_user: dict[str, list[tuple]] = {}
             for row in rows:
                 by_user.setdefault(row[0], []).append(row)
