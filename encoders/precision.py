@@ -3,6 +3,9 @@
 ``precision="auto"`` runs float32 on a CPU and mixed precision on CUDA (bf16 where the GPU supports it, fp16
 otherwise). Mixed precision is applied with :func:`torch.autocast`, so weights stay float32 and only matmuls and
 convolutions run in the lower precision; outputs are always returned as float32.
+
+``precision="int8"`` is the text encoder's alone: it runs the model quantised to int8 by ONNX Runtime on the CPU
+(see :mod:`mmrec.encoders.onnx_int8`), so :func:`resolve_precision` accepts it only when asked to.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    INT8 = "int8"
 
 
 _DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -52,8 +56,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return parsed
 
 
-def resolve_precision(precision: str | Precision, device: torch.device) -> Precision:
+def resolve_precision(precision: str | Precision, device: torch.device, allow_int8: bool = False) -> Precision:
     """Turn ``"auto"`` into a concrete precision for ``device`` and validate explicit choices.
+
+    ``"int8"`` is refused unless ``allow_int8`` (the text encoder), and on any device but the CPU.
 
     >>> resolve_precision("auto", torch.device("cpu"))
     <Precision.FP32: 'fp32'>
@@ -71,6 +77,13 @@ def resolve_precision(precision: str | Precision, device: torch.device) -> Preci
     if precision is Precision.FP16 and device.type == "cpu":
         # CPU fp16 autocast exists but is slow and lossy on most CPUs; bf16 is the CPU mixed precision.
         raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on a CPU")
+    if precision is Precision.INT8:
+        if not allow_int8:
+            raise ValueError("precision='int8' is available for the text encoder only; use 'auto', 'fp32', 'fp16' "
+                             "or 'bf16' here")
+        if device.type != "cpu":
+            raise ValueError(f"precision='int8' runs on the CPU only (ONNX Runtime), not on {device}: use "
+                             "device='cpu', or 'fp16'/'bf16' on a GPU")
     return precision
 
 

@@ -17,7 +17,7 @@ unusable image.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -142,7 +142,11 @@ def embed_catalog(
     config = config or EmbedConfig()
     rows = read_catalog(catalog, config.text_columns, config.images_root, config.use_images)
     store = store if isinstance(store, Store) else Store(store)
-    text_encoder = text_encoder or TextEncoder(config.text)
+    if text_encoder is None:  # an int8 text model is built once per store, beside it, unless told otherwise
+        text_config = config.text
+        if text_config.cache_dir is None:
+            text_config = replace(text_config, cache_dir=store.path / "encoders")
+        text_encoder = TextEncoder(text_config)
     if config.use_images and image_encoder is None:
         image_encoder = ImageEncoder(config.image)
     elif not config.use_images:

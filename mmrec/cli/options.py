@@ -182,6 +182,9 @@ def fail(args: argparse.Namespace, message: object, code: int = EXIT_FAILED) -> 
 
 TABLE_FORMATS = ".csv, .tsv, .jsonl/.ndjson/.json or .parquet"
 JSON_HELP = 'print one JSON summary as the last stdout line (on failure: {"error": MESSAGE, "exit": CODE})'
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+PRECISION_HELP = ("encoder precision: auto (fp32 on a CPU, bf16/fp16 autocast on CUDA), fp32, fp16, bf16, or int8 "
+                  "(the text encoder on the CPU via ONNX Runtime, pip install 'mmrec[int8]'; images then run at auto)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
