@@ -25,7 +25,7 @@ import torch
 from .index import AUTO_EXACT_BELOW, IndexConfig, ItemIndex
 from .items import ServedItems
 
-__all__ = ["RETRIEVALS", "AnnRetrieval", "index_path", "open_index", "resolve_retrieval"]
+__all__ = ["RETRIEVALS", "AnnRetrieval", "index_path", "open_index", "resolve_retrieval", "update_index"]
 
 RETRIEVALS = ("exact", "ann", "auto")
 INDEX_DIR = "index"
@@ -89,6 +89,34 @@ def open_index(store_path: str | Path, model_id: str, items: ServedItems, config
             log.warning("could not save the item index to %s (%s): it is kept in memory only", path, error)
     index.extra = {"model_id": model_id, "item_ids": ids}
     return index, ids
+
+
+def update_index(store_dir: str | Path, build: bool | None = None) -> Path | None:
+    """Bring the current model's index up to date after ``mmrec train`` / ``mmrec embed``: build it when ``build``
+    (``None``: when the catalogue is at or above the crossover, where ``retrieval="auto"`` uses it), else only update
+    one that exists. Returns its path, or ``None`` when there is none (no model, or nothing to do)."""
+    from ..store import Store
+    from ..trained import MODEL_DIR, TrainedModel
+    from .items import load_items
+
+    with Store(store_dir, create=False) as store:
+        _, model_id = store.current_model()
+        if model_id is None or not (store.path / MODEL_DIR).is_dir():
+            return None
+        path = index_path(store.path, model_id)
+        if not path.exists():
+            if build is None:
+                build = len(store.item_ids()) >= AUTO_EXACT_BELOW
+            if not build:
+                return None
+        trained = TrainedModel.load(store.path / MODEL_DIR)
+        if trained.model_id != model_id:
+            return None  # a retrain is committing: its own run builds the index
+        open_index(store.path, model_id, load_items(store, trained, torch.device("cpu")))
+        for old in path.parent.glob("*.faiss"):
+            if old != path:  # superseded models' indexes (a process still serving one holds it in memory)
+                old.unlink(missing_ok=True)
+        return path
 
 
 class AnnRetrieval:

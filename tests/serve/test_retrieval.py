@@ -11,7 +11,7 @@ import torch
 from mmrec import Recommender
 from mmrec.embed import EmbedConfig, embed_catalog
 from mmrec.serve.index import ItemIndex
-from mmrec.serve.retrieval import index_path
+from mmrec.serve.retrieval import index_path, update_index
 
 from .conftest import reference_top
 
@@ -109,3 +109,14 @@ def test_retrieval_is_validated_before_any_work(store_copy):
     with pytest.raises(ValueError, match="retrieval"):
         Recommender.load(store_copy, device="cpu", retrieval="fast")
     assert not (store_copy / "index").exists()
+
+
+def test_train_and_embed_keep_the_index_up_to_date(store_copy, text_encoder):
+    assert update_index(store_copy) is None  # 800 items: below the crossover, auto retrieval is exact
+    path = update_index(store_copy, build=True)
+    ids = ItemIndex.load(path).extra["item_ids"]
+    (path.parent / "an-older-model.faiss").write_bytes(b"superseded")
+    _with_new_items(store_copy, text_encoder, "sku-9,A new musical,Musical\n")
+    assert update_index(store_copy) == path  # an existing index is updated...
+    assert ItemIndex.load(path).extra["item_ids"] == ids + ["sku-9"]  # ...by adding the new item
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
