@@ -54,10 +54,19 @@ class MLPScorer(nn.Module):
         self.bias = nn.Parameter(torch.tensor(0.0))
 
     def logits(self, interest: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        u = interest.unsqueeze(1).expand_as(items)  # (B, C, D)
-        dot = (u * items).sum(-1, keepdim=True)  # (B, C, 1)
-        correction = self.mlp(torch.cat([u, items, u * items, dot], dim=-1)).squeeze(-1)
-        return self.dot_weight * dot.squeeze(-1) + correction + self.bias
+        """``(B, C)`` logits. The MLP's first layer reads ``[u, v, u * v, u . v]``; it is computed without building
+        that ``(B, C, 3D + 1)`` input: ``W [u; v; u*v; dot] = W_u u + (W_v + W_uv diag(u)) v + w_dot dot``, the
+        user's parts once per user, one ``(C, D) @ (D, H)`` product per user for the items (a third of the work,
+        and no copy of the candidates)."""
+        first, d = self.mlp[0], self.config.dim
+        w_u, w_v, w_uv, w_dot = first.weight[:, :d], first.weight[:, d : 2 * d], first.weight[:, 2 * d : 3 * d], \
+            first.weight[:, 3 * d]
+        dot = (items @ interest.unsqueeze(-1)).squeeze(-1)  # (B, C)
+        per_user = w_v + w_uv * interest.unsqueeze(1)  # (B, H, D)
+        hidden = items @ per_user.transpose(1, 2)  # (B, C, H)
+        hidden = hidden + (interest @ w_u.T + first.bias).unsqueeze(1) + dot.unsqueeze(-1) * w_dot
+        correction = self.mlp[3](self.mlp[2](self.mlp[1](hidden))).squeeze(-1)
+        return self.dot_weight * dot + correction + self.bias
 
     def probability(self, interest: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(interest, items))

@@ -51,6 +51,21 @@ def test_scorer_gives_probabilities_and_follows_the_dot_product_at_init():
     assert overlap >= 0.6
 
 
+def test_scorer_logits_are_the_mlp_over_the_concatenated_pair():
+    """The factored first layer computes exactly the MLP over ``[u, v, u * v, u . v]`` that it was designed as."""
+    torch.manual_seed(1)
+    scorer = MLPScorer(ScorerConfig(dim=16, hidden=24)).eval()
+    with torch.no_grad():
+        for p in scorer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # away from the initial state, so every part of the layer counts
+        interest, items = torch.randn(4, 16), torch.randn(4, 30, 16)
+        u = interest[:, None].expand_as(items)
+        dot = (u * items).sum(-1, keepdim=True)
+        want = scorer.dot_weight * dot[..., 0] + scorer.mlp(torch.cat([u, items, u * items, dot], -1))[..., 0] \
+            + scorer.bias
+        torch.testing.assert_close(scorer.logits(interest, items), want, rtol=1e-5, atol=1e-5)
+
+
 def test_configs_fail_early():
     with pytest.raises(ValueError, match="n_events"):
         InterestConfig(n_events=0)
