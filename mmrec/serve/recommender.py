@@ -49,7 +49,7 @@ from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .commit import GroupCommit
 from .index import IndexConfig
 from .items import load_items
-from .retrieval import AnnRetrieval, open_index, resolve_retrieval
+from .retrieval import AnnRetrieval, exact_candidates, open_index, resolve_retrieval
 from .users import UserCache
 
 __all__ = ["Recommender", "Event", "StaleModelError", "SERVING_THREADS"]
@@ -58,9 +58,8 @@ __all__ = ["Recommender", "Event", "StaleModelError", "SERVING_THREADS"]
 Event = tuple
 
 SERVING_THREADS = 1
-"""torch intra-op threads a served process uses by default. Measured on a 2-core machine (``scripts/
-bench_serving.py``): ``score`` of 1 user x 1,000 items took ~76 ms at torch's default of 2 threads (the two
-threads wait on each other for work this small) and ~2 ms at 1; throughput comes from more processes."""
+"""torch intra-op threads of a served process by default: on a 2-core machine ``score`` 1 x 1,000 took ~76 ms at
+torch's default of 2 threads (waiting on each other for work this small), ~2 ms at 1; scale with processes."""
 
 class Recommender:
     """A trained model bound to its store. Build with :meth:`load`."""
@@ -280,12 +279,18 @@ class Recommender:
         model, vectors, new = self.model, self.item_vectors, self._new_items
         depth = model.config.new_item_slot_depth
         slots = math.floor(model.new_items.slots * k / depth + 0.5)  # halves round up
+        fetch = max(k, model.config.scorer.rerank)
         if self._ann is not None:
-            return self._top_ann(interests, seen, k, slots)
+            found = self._ann.candidates(interests, float(model.new_items.bias), seen, fetch, slots, vectors)
+            return self._ranked(interests, found, k, slots)
         dot = interests @ vectors.T + self._new_bias()  # (U, N)
         if seen:
             users = torch.cat([torch.full((len(s),), u, dtype=torch.long) for u, s in enumerate(seen)])
             dot[users.to(self.device), torch.cat(seen).to(self.device)] = float("-inf")
+        if len(interests) == 1:  # one request: the same ranking over the few items it can come from
+            candidates = exact_candidates(dot[0], new, self.items.new_rows, fetch, k, slots)
+            if candidates is not None:
+                return self._ranked(interests, [candidates], k, slots, [dot[0, candidates]])
         # the model's own re-ranking and new-item places: the order evaluation measures when k is the places' depth
         scores = model.place_new_items(model.rerank(interests, vectors, dot, new), new, slots, k)
         top = scores.topk(min(k, scores.shape[1]), dim=1)
@@ -295,18 +300,14 @@ class Recommender:
         return [[(ids[i], float(p)) for i, p, ok in zip(row, prob, keep) if ok]
                 for row, prob, keep in zip(top.indices.tolist(), probs, rankable)]
 
-    def _top_ann(self, interests: torch.Tensor, seen: list[torch.Tensor] | None, k: int, slots: int
-                 ) -> list[list[tuple[str, float]]]:
-        """:meth:`_top` over the ANN index's candidates: enough for the re-ranker and ``k``, plus the best new
-        items for the ``slots`` places; the model ranks them as it ranks the whole catalogue."""
-        model = self.model
-        fetch = max(k, model.config.scorer.rerank)
-        cands = self._ann.candidates(interests, float(model.new_items.bias), seen, fetch, slots, self.item_vectors)
-        out = []
-        for u, rows in enumerate(cands):
+    def _ranked(self, interests: torch.Tensor, candidates: list[torch.Tensor], k: int, slots: int,
+                dots: list[torch.Tensor] | None = None) -> list[list[tuple[str, float]]]:
+        """:meth:`_top` over each user's ``candidates`` (rows): re-ranked and placed as the whole catalogue is."""
+        model, out = self.model, []
+        for u, rows in enumerate(candidates):
             rows = rows.to(self.device)
             interest, vectors, new = interests[u : u + 1], self.item_vectors[rows], self._new_items[rows]
-            dot = interest @ vectors.T + self._new_bias()[rows]  # (1, C)
+            dot = interest @ vectors.T + self._new_bias()[rows] if dots is None else dots[u][None]  # (1, C)
             scores = model.place_new_items(model.rerank(interest, vectors, dot, new), new, slots, k)
             top = scores.topk(min(k, scores.shape[1]), dim=1).indices[0]
             probs = torch.sigmoid(model.scorer.logits(interest, vectors[top][None]))[0].cpu().tolist()

@@ -25,7 +25,7 @@ import torch
 from .index import AUTO_EXACT_BELOW, IndexConfig, ItemIndex
 from .items import ServedItems
 
-__all__ = ["RETRIEVALS", "AnnRetrieval", "index_path", "open_index", "resolve_retrieval", "update_index"]
+__all__ = ["RETRIEVALS", "AnnRetrieval", "exact_candidates", "index_path", "open_index", "resolve_retrieval", "update_index"]
 
 RETRIEVALS = ("exact", "ann", "auto")
 INDEX_DIR = "index"
@@ -117,6 +117,29 @@ def update_index(store_dir: str | Path, build: bool | None = None) -> Path | Non
             if old != path:  # superseded models' indexes (a process still serving one holds it in memory)
                 old.unlink(missing_ok=True)
         return path
+
+
+def exact_candidates(dot: torch.Tensor, new: torch.Tensor, new_rows: torch.Tensor, fetch: int, k: int,
+                     slots: int) -> torch.Tensor | None:
+    """Rows ``(C,)`` whose ranking alone gives the whole catalogue's top ``k`` for one user, from their retrieval
+    scores ``dot (N,)`` (excluded items ``-inf``; ``new (N,)`` bool, ``new_rows`` its positions): the best ``fetch``
+    (the re-ranker's candidates and ``k``) plus the best ``slots`` new items. ``None`` where that would not be
+    exact and the caller must rank every item: fewer rankable items than ``fetch`` or new items than ``slots``, or
+    fewer trained items among the best than the places the re-ranking leaves them (``k - slots``)."""
+    if fetch >= len(dot):
+        return None
+    top = dot.topk(fetch)
+    if not bool(torch.isfinite(top.values[-1])):
+        return None
+    if not slots or not len(new_rows):
+        return top.indices
+    if int((~new[top.indices]).sum()) < k - slots:
+        return None
+    best_new = dot[new_rows].topk(min(slots, len(new_rows)))
+    if len(best_new.values) < slots or not bool(torch.isfinite(best_new.values[-1])):
+        return None
+    extra = new_rows[best_new.indices]
+    return torch.cat([top.indices, extra[~torch.isin(extra, top.indices)]])
 
 
 class AnnRetrieval:

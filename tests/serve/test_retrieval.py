@@ -10,6 +10,7 @@ import torch
 
 from mmrec import Recommender
 from mmrec.embed import EmbedConfig, embed_catalog
+from mmrec.serve import recommender
 from mmrec.serve.index import ItemIndex
 from mmrec.serve.retrieval import index_path, update_index
 
@@ -120,3 +121,24 @@ def test_train_and_embed_keep_the_index_up_to_date(store_copy, text_encoder):
     assert update_index(store_copy) == path  # an existing index is updated...
     assert ItemIndex.load(path).extra["item_ids"] == ids + ["sku-9"]  # ...by adding the new item
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+# (a lift of 100 would add ties of its own: logits + an offset of ~100 lose their last digits in float32)
+@pytest.mark.parametrize("bias, slots", [(0.0, 0), (0.5, 4), (5.0, 4), (-5.0, 4)])
+def test_one_users_ranking_over_candidates_is_the_whole_catalogues(store_copy, text_encoder, monkeypatch, bias,
+                                                                    slots):
+    """A single request ranks only the items its top k can come from (or the whole catalogue where that would not
+    be exact): the same lists as ranking every item, with new items lifted, pushed down or given places."""
+    words = ["space", "love", "war", "robot", "ocean", "ghost", "city", "horse", "music", "crime"]
+    genres = ["Drama", "Comedy", "Horror", "Sci-Fi", "Western", "Musical"]
+    _with_new_items(store_copy, text_encoder, "".join(
+        f"sku-{i},The {words[i % 10]} of the {words[(3 * i + 1) % 10]},{genres[i % 6]}\n" for i in range(30)))
+    rec = Recommender.load(store_copy, device="cpu", retrieval="exact")
+    _lift_new_items(rec, bias=bias, slots=slots)
+    cases = [(u, k, exclude) for u in USERS[::5] for k in (1, 10, 150) for exclude in (True, False)]
+    fast = [rec.recommend(u, k=k, exclude_seen=exclude) for u, k, exclude in cases]
+    monkeypatch.setattr(recommender, "exact_candidates", lambda *args: None)  # rank every item, as before
+    assert fast == [rec.recommend(u, k=k, exclude_seen=exclude) for u, k, exclude in cases]
+    # a batch ranks every item in one pass: the same lists, up to the rounding of a batched matrix product
+    assert [[i for i, _ in r] for r in rec.recommend_many(USERS[:5], k=10)] == \
+        [[i for i, _ in rec.recommend(u, k=10)] for u in USERS[:5]]
