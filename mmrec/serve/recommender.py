@@ -47,9 +47,11 @@ from ..io.values import id_string, unix_seconds
 from ..store import StaleModelError, Store, UserState
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .commit import GroupCommit
+from .explain import Reason, explained_window, leave_one_out, reasons
 from .index import IndexConfig
 from .items import load_items
 from .retrieval import AnnRetrieval, exact_candidates, open_index, resolve_retrieval
+from .rules import EventRules
 from .users import UserCache
 
 __all__ = ["Recommender", "Event", "StaleModelError", "SERVING_THREADS"]
@@ -96,6 +98,7 @@ class Recommender:
         self._ann = None
         if self.retrieval == "ann":
             self._ann = AnnRetrieval(*open_index(store.path, self.model_id, self.items, index_config), self.items)
+        self.rules = EventRules(self.items.row, self.folder.event_rank, self.text_events, self.default_event)
         self._lock = threading.RLock()
         self.users = UserCache(store, self.folder, self.model_id, self._cold, self.items.row,
                                self.interaction_events, self._lock)
@@ -176,30 +179,8 @@ class Recommender:
             raise KeyError(f"unknown item id(s) {unknown[:10]}: not in the store (embed them first)")
         return torch.tensor([row[i] for i in ids], dtype=torch.long)
 
-    def _event_index(self, event: str | None) -> int:
-        event = self.default_event if event is None else str(event)
-        if event not in self.folder.event_rank:
-            raise ValueError(f"unknown event {event!r}; known events: {list(self.event_names)}")
-        return self.folder.event_rank[event]
-
     def _history_interest(self, history: Sequence[Event]) -> torch.Tensor:
-        rows = []
-        for n, event in enumerate(history):
-            if not isinstance(event, (tuple, list)) or len(event) not in (3, 4):
-                raise ValueError(f"history[{n}] must be (item_id, event, timestamp[, text]), got {event!r}")
-            item_id, name = id_string(event[0], f"history[{n}] item_id"), event[1]
-            ts = unix_seconds(event[2], f"history[{n}] timestamp")
-            self._rows([item_id])
-            self._event_index(name)
-            text = event[3] if len(event) == 4 and isinstance(event[3], str) else ""  # None/NaN: no text
-            rows.append((ts, item_id, name or self.default_event, text))
-        # cleaned as `observe` and training clean event texts; presence is judged on the cleaned text
-        texts = clean_behaviour_texts([r[3] for r in rows])
-        for n, (row, text) in enumerate(zip(rows, texts)):
-            problem = self._text_problem(row[2], text)
-            if problem:
-                raise ValueError(f"history[{n}]: {problem}")
-        window, previous = self.folder.window(self.folder.sorted([(*r[:3], t) for r, t in zip(rows, texts)]))
+        window, previous = self.folder.window(self.folder.sorted(self.rules.history(history)))
         if not window:
             return self._cold
         with self._lock:  # event texts may be read from the store's cache
@@ -253,7 +234,8 @@ class Recommender:
         probs = self.model.scorer.probability(interests, candidates.expand(len(interests), *candidates.shape))
         return probs.float().cpu().numpy()
 
-    def recommend(self, user_id, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
+    def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, explain: bool = False
+                  ) -> list[tuple[str, float]] | list[tuple[str, float, list[Reason]]]:
         """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures:
         dot-product retrieval (exact, or ANN candidates re-scored exactly: ``retrieval``), then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
         alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
@@ -261,8 +243,29 @@ class Recommender:
         tagged stays rankable, as in evaluation. A model whose ``NewItemPolicy`` has ``slots`` gives the last
         places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
         to ``k`` (halves rounded up: 6 of 20 are 3 of 10, 5 of 20 are 3 of 10); evaluation measured the lists of
-        ``new_item_slot_depth``."""
-        return self.recommend_many([user_id], k, exclude_seen)[0]
+        ``new_item_slot_depth``. ``explain=True`` adds each item's :meth:`explain` reasons (top 3) as a third
+        element."""
+        top = self.recommend_many([user_id], k, exclude_seen)[0]
+        if not explain:
+            return top
+        return [(i, p, why) for (i, p), why in zip(top, self.explain(user_id, [i for i, _ in top]))]
+
+    def explain(self, user_id, item_ids: Sequence, top: int = 3) -> list[list[Reason]]:
+        """For each of ``item_ids``, the user's past events that most support it, best first (at most ``top``, only
+        events that raise its score): :class:`~mmrec.serve.explain.Reason` with the event, its ``weight`` -- the drop
+        in the item's logit when the event is left out of the history -- and, for text events, their keyphrases.
+        One batched forward over the leave-one-out histories (:mod:`mmrec.serve.explain`); a user without readable
+        events gets empty lists."""
+        user = id_string(user_id, "user_id")
+        rows = self._candidate_rows(item_ids)
+        if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
+            raise ValueError(f"top must be a positive integer, got {top!r}")
+        with self._lock:  # the log, and event texts from the store's cache
+            window, previous = explained_window(self.folder, self.store.user_events([user])[user])
+            if not window:
+                return [[] for _ in range(len(rows))]
+            weights = leave_one_out(self.folder, self.model.scorer, window, previous, self.item_vectors[rows])
+        return reasons(weights, window, int(top))
 
     def recommend_many(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True
                        ) -> list[list[tuple[str, float]]]:
@@ -326,7 +329,7 @@ class Recommender:
         slightly. Calls from several threads at once are committed together, each returning once its event is."""
         user_id, item_id = id_string(user_id, "user_id"), id_string(item_id, "item_id")
         self._rows([item_id])
-        name = self.event_names[self._event_index(event)]
+        name = self.event_names[self.rules.event_index(event)]
         ts = int(time.time()) if timestamp is None else unix_seconds(timestamp, "timestamp")
         row = (user_id, ts, item_id, name, clean_behaviour_texts([text])[0] if text else "")
         self.apply_events([row])
@@ -341,32 +344,7 @@ class Recommender:
         strings; timestamps as unix seconds). Raises ``KeyError`` / ``ValueError`` naming the first row with an
         unknown item or event or an unreadable id or timestamp, and :class:`StaleModelError` (writing nothing) when
         the store was retrained since this model was loaded."""
-        return self._commits.submit(self._prepare(rows))
-
-    def _prepare(self, rows: Sequence[tuple]) -> list[tuple[str, int, str, str, str]]:
-        """``rows`` read by the one id/timestamp rule; the first row (0-based) the model cannot fold in is an error
-        naming it: by shape, then item, event, text, id and timestamp, in that order."""
-        bad_shape = next((n for n, r in enumerate(rows) if not isinstance(r, (tuple, list)) or len(r) != 5), None)
-        if bad_shape is not None:
-            raise ValueError(f"rows[{bad_shape}] must be (user_id, timestamp, item_id, event, text), "
-                             f"got {rows[bad_shape]!r}")
-        row = self.items.row
-        for n, r in enumerate(rows):
-            if (r[2].strip() if isinstance(r[2], str) else r[2]) not in row:
-                raise KeyError(f"rows[{n}]: unknown item id {r[2]!r}: not in the store (embed it first)")
-        rank = self.folder.event_rank
-        for n, r in enumerate(rows):
-            if not isinstance(r[3], str) or r[3] not in rank:
-                raise ValueError(f"rows[{n}]: unknown event {r[3]!r}; known events: {list(self.event_names)}")
-        for n, r in enumerate(rows):
-            if r[4] is not None and not isinstance(r[4], str):
-                raise ValueError(f"rows[{n}]: text must be a string, got {r[4]!r}")
-            problem = self._text_problem(r[3], r[4] or "")
-            if problem:
-                raise ValueError(f"rows[{n}]: {problem}")
-        return [(id_string(u, f"rows[{n}] user_id"), unix_seconds(ts, f"rows[{n}] timestamp"),
-                 id_string(item, f"rows[{n}] item_id"), event, text or "")
-                for n, (u, ts, item, event, text) in enumerate(rows)]
+        return self._commits.submit(self.rules.prepare(rows))
 
     def _commit(self, batches: list[list[tuple]]) -> list[dict[str, int]]:
         """Apply the rows of ``batches`` (already prepared) in one transaction; counts per batch."""
@@ -427,17 +405,6 @@ class Recommender:
         return [UserState(u, self.model_id, h[i], interest[i], seqs[i][-1][0],
                           (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
                 for i, u in enumerate(step_users)]
-
-    def _text_problem(self, event: str, text: str) -> str:
-        """Why an ``event`` with (cleaned) ``text`` cannot be read as training read events, or ``""``."""
-        if event in self.text_events and not text:
-            return (f"the model reads {event!r} events by their text and this one has none (training skips such "
-                    "events)")
-        if event not in self.text_events and text:
-            carriers = (f"only {list(self.text_events)} events carry text" if self.text_events
-                        else "the model was trained without text events")
-            return f"{event!r} events carry no text in training ({carriers})"
-        return ""
 
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all
