@@ -1,4 +1,4 @@
-"""The HTTP service behind ``mmrec serve``: score, recommend and apply events over JSON (docs/serving.md).
+"""The HTTP service behind ``mmrec serve``: score, recommend, explain and apply events over JSON (docs/serving.md).
 
 ``create_app(store_dir)`` builds the FastAPI application around a :class:`ModelHolder`, which owns the loaded
 :class:`~mmrec.serve.recommender.Recommender` and swaps in a retrained model without a restart. Endpoints are plain
@@ -24,120 +24,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, WithJsonSchema, model_validator
 
-from ..io.values import INT64_LIMIT, id_string, unix_seconds
 from ..store import StaleModelError
 from .recommender import SERVING_THREADS, Recommender
 from .refresh import validate_event_records
+from .schemas import (MAX_BODY_BYTES, EventsRequest, EventsResponse, ExplainRequest, ExplainResponse, Health, Reason,
+                      RecommendRequest, RecommendResponse, Recommended, ScoreRequest, ScoreResponse)
 
 __all__ = ["ModelHolder", "create_app", "app_from_environment", "ENV_STORE", "ENV_DEVICE", "ENV_THREADS"]
 
 log = logging.getLogger("mmrec.serve")
 
-# Limits of a request: item ids (and history events) per /score, events per /events batch, k, id and text lengths,
-# and the body: a larger one is refused with 413 before it is parsed.
-MAX_ITEMS, MAX_EVENTS, MAX_K, MAX_ID_LENGTH, MAX_TEXT_LENGTH = 10_000, 10_000, 1_000, 256, 10_000
-MAX_BODY_BYTES = 8 * 2**20
 # the environment app_from_environment builds the app from (`mmrec serve --workers N` sets it)
 ENV_STORE, ENV_DEVICE, ENV_THREADS = "MMREC_SERVE_STORE", "MMREC_SERVE_DEVICE", "MMREC_SERVE_THREADS"
 ENV_DURABILITY, ENV_RETRIEVAL = "MMREC_SERVE_DURABILITY", "MMREC_SERVE_RETRIEVAL"
-
-
-# -- request and response bodies ------------------------------------------------------------------------------
-def _id(value: Any) -> str:
-    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"ids are at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_LIMIT <= value < INT64_LIMIT:
-        raise ValueError("integer ids must be within the int64 range")
-    return id_string(value, "an id")  # ValueError for anything but a non-blank string or an integer
-
-
-def _time(value: Any) -> int | float | str:
-    """A timestamp as given (unix seconds, or for ``/events`` also a date string), refused when no such value."""
-    if isinstance(value, str) and len(value) <= 64:
-        return value
-    unix_seconds(value, "timestamp")  # numbers: finite, within int64
-    return value
-
-
-_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]}
-_TIME_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "number"}, {"type": "string", "maxLength": 64}]}
-Id = Annotated[str, PlainValidator(_id), WithJsonSchema(_ID_SCHEMA)]
-UnixTime = Annotated[int, PlainValidator(lambda v: unix_seconds(_time(v), "timestamp")), WithJsonSchema(_TIME_SCHEMA)]
-EventTime = Annotated[int | float | str, PlainValidator(_time), WithJsonSchema(_TIME_SCHEMA)]
-EventName = Annotated[str, Field(strict=True, min_length=1, max_length=64)]
-Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT_LENGTH)]
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a default
-
-
-class HistoryEvent(Body):
-    item_id: Id
-    event: EventName | None = None
-    timestamp: UnixTime
-    text: Text | None = None
-
-
-class ScoreRequest(Body):
-    user_id: Id | None = None
-    history: list[HistoryEvent] | None = Field(None, max_length=MAX_ITEMS)
-    item_ids: list[Id] = Field(min_length=1, max_length=MAX_ITEMS)
-
-    @model_validator(mode="after")
-    def one_user(self) -> ScoreRequest:
-        if (self.user_id is None) == (self.history is None):
-            raise ValueError("give exactly one of user_id or history")
-        return self
-
-
-class ScoreResponse(BaseModel):
-    scores: list[float]
-    model_id: str
-
-
-class RecommendRequest(Body):
-    user_id: Id
-    k: int = Field(10, strict=True, ge=1, le=MAX_K)
-    exclude_seen: StrictBool = True
-
-
-class Recommended(BaseModel):
-    item_id: str
-    score: float
-
-
-class RecommendResponse(BaseModel):
-    items: list[Recommended]
-    model_id: str
-
-
-class EventIn(HistoryEvent):
-    user_id: Id
-    timestamp: EventTime | None = None  # default: now; unix seconds or a date string, as in event files
-
-
-class EventsRequest(Body):
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
-
-
-class EventsResponse(BaseModel):
-    applied: int
-    duplicates: int
-    users: int
-    recomputed: int
-    model_id: str
-
-
-class Health(BaseModel):
-    ok: bool
-    model_id: str
-    generation: int
-    items: int
-    reloads: int
-    reload_error: str | None
 
 
 # -- the served model and its hot swap ------------------------------------------------------------------------
@@ -314,9 +214,26 @@ def recommend(body: RecommendRequest, models: Models) -> RecommendResponse:
     """The top `k` items over the catalogue for `user_id`, best first. A user the store has never seen gets the
     cold-user list (from the model's initial state), not an error."""
     def job(served: Served) -> RecommendResponse:
-        top = served.rec.recommend(body.user_id, k=body.k, exclude_seen=body.exclude_seen)
-        return RecommendResponse(items=[Recommended(item_id=i, score=s) for i, s in top],
-                                 model_id=served.rec.model_id)
+        top = served.rec.recommend(body.user_id, k=body.k, exclude_seen=body.exclude_seen, explain=body.explain)
+        items = [Recommended(item_id=r[0], score=r[1], reasons=_reasons(r[2]) if body.explain else None)
+                 for r in top]
+        return RecommendResponse(items=items, model_id=served.rec.model_id)
+
+    return _answer(models, job)
+
+
+def _reasons(reasons) -> list[Reason]:
+    return [Reason(item_id=r.item_id, event=r.event, timestamp=r.timestamp, weight=r.weight, text=r.text,
+                   keyphrases=list(r.keyphrases)) for r in reasons]
+
+
+@router.post("/explain", responses=_ERRORS)
+def explain(body: ExplainRequest, models: Models) -> ExplainResponse:
+    """For each of `item_ids`, the user's past events that most support it (at most `top`), best first."""
+    def job(served: Served) -> ExplainResponse:
+        _require_items(served, body.item_ids)
+        why = served.rec.explain(body.user_id, body.item_ids, top=body.top)
+        return ExplainResponse(reasons=[_reasons(r) for r in why], model_id=served.rec.model_id)
 
     return _answer(models, job)
 

@@ -123,7 +123,8 @@ def test_score_and_recommend_equal_the_python_api(served):
     assert answer.status_code == 200 and answer.json()["model_id"] == rec.model_id
     np.testing.assert_allclose(answer.json()["scores"], rec.score("1", PROBE), rtol=1e-6)
     # integers are ids too, as in the Python API
-    assert post(url, "/score", {"user_id": 1, "item_ids": [260]}).json()["scores"] == answer.json()["scores"][:1]
+    np.testing.assert_allclose(post(url, "/score", {"user_id": 1, "item_ids": [260]}).json()["scores"],
+                               answer.json()["scores"][:1], rtol=1e-6)
 
     history = [("260", "interaction", 1700000000), ("1196", "interaction", 1700000100), ("2571", None, 1700000200)]
     answer = post(url, "/score", {"history": [{"item_id": i, "event": e, "timestamp": t} for i, e, t in history],
@@ -140,6 +141,26 @@ def test_score_and_recommend_equal_the_python_api(served):
     assert post(url, "/recommend", {"user_id": "another-new-user", "k": 5}).json()["items"] == \
         post(url, "/recommend", {"user_id": "never-seen-user", "k": 5}).json()["items"]
     rec.store.close()
+
+
+def test_explanations_over_http_equal_the_python_api(served):
+    url, store = served
+    rec = Recommender.load(store, device="cpu")
+    answer = post(url, "/recommend", {"user_id": "1", "k": 3, "explain": True})
+    assert answer.status_code == 200
+    expected = rec.recommend("1", k=3, explain=True)
+    got = answer.json()["items"]
+    assert [i["item_id"] for i in got] == [i for i, _, _ in expected]
+    for item, (_, _, why) in zip(got, expected):
+        assert [r["item_id"] for r in item["reasons"]] == [r.item_id for r in why]
+        np.testing.assert_allclose([r["weight"] for r in item["reasons"]], [r.weight for r in why], rtol=1e-5)
+    assert post(url, "/recommend", {"user_id": "1", "k": 3}).json()["items"][0]["reasons"] is None
+    answer = post(url, "/explain", {"user_id": "1", "item_ids": [got[0]["item_id"], "260"], "top": 2})
+    assert answer.status_code == 200 and len(answer.json()["reasons"]) == 2
+    assert [r["item_id"] for r in answer.json()["reasons"][0]] == [r.item_id for r in expected[0][2][:2]]
+    missing = post(url, "/explain", {"user_id": "1", "item_ids": ["no-such-item"]})
+    assert missing.status_code == 404 and missing.json()["detail"]["unknown_item_ids"] == ["no-such-item"]
+    assert post(url, "/explain", {"user_id": "1", "item_ids": ["260"], "top": 0}).status_code == 422
 
 
 def test_events_are_judged_as_refresh_judges_a_file_and_change_the_next_answers(served, tmp_path):

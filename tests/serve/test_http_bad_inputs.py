@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from mmrec import Store
-from mmrec.serve.app import MAX_EVENTS, MAX_ITEMS, create_app
+from mmrec.serve.app import create_app
+from mmrec.serve.schemas import MAX_EVENTS, MAX_ITEMS
 
 from ..conftest import copy_store
 from .test_http import integrity, thread_server
