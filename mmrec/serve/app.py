@@ -214,7 +214,8 @@ def recommend(body: RecommendRequest, models: Models) -> RecommendResponse:
     """The top `k` items over the catalogue for `user_id`, best first. A user the store has never seen gets the
     cold-user list (from the model's initial state), not an error."""
     def job(served: Served) -> RecommendResponse:
-        top = served.rec.recommend(body.user_id, k=body.k, exclude_seen=body.exclude_seen, explain=body.explain)
+        top = served.rec.recommend(body.user_id, k=body.k, exclude_seen=body.exclude_seen, explain=body.explain,
+                                   diversity=body.diversity)
         items = [Recommended(item_id=r[0], score=r[1], reasons=_reasons(r[2]) if body.explain else None)
                  for r in top]
         return RecommendResponse(items=items, model_id=served.rec.model_id)

@@ -47,6 +47,7 @@ from ..io.values import id_string, unix_seconds
 from ..store import StaleModelError, Store, UserState
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .commit import GroupCommit
+from .diversity import POOL_FACTOR, mmr
 from .explain import Reason, explained_window, leave_one_out, reasons
 from .index import IndexConfig
 from .items import load_items
@@ -234,8 +235,8 @@ class Recommender:
         probs = self.model.scorer.probability(interests, candidates.expand(len(interests), *candidates.shape))
         return probs.float().cpu().numpy()
 
-    def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, explain: bool = False
-                  ) -> list[tuple[str, float]] | list[tuple[str, float, list[Reason]]]:
+    def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, explain: bool = False,
+                  diversity: float = 0.0) -> list[tuple[str, float]] | list[tuple[str, float, list[Reason]]]:
         """Top ``k`` ``(item_id, probability)`` over the whole catalogue, in the order evaluation measures:
         dot-product retrieval (exact, or ANN candidates re-scored exactly: ``retrieval``), then the MLP scorer re-ranks the best ``rerank`` (``ScorerConfig``; 0 = dot product
         alone) and any further ones follow in dot-product order. Probabilities are the scorer's. ``exclude_seen``
@@ -244,8 +245,16 @@ class Recommender:
         places of the list to the best new items, as many as it reserves in ``new_item_slot_depth`` places scaled
         to ``k`` (halves rounded up: 6 of 20 are 3 of 10, 5 of 20 are 3 of 10); evaluation measured the lists of
         ``new_item_slot_depth``. ``explain=True`` adds each item's :meth:`explain` reasons (top 3) as a third
-        element."""
-        top = self.recommend_many([user_id], k, exclude_seen)[0]
+        element. ``diversity`` in [0, 1] re-orders the ``POOL_FACTOR * k`` best by maximal marginal relevance over
+        item vectors (:mod:`mmrec.serve.diversity`; 0: this order exactly)."""
+        if not isinstance(diversity, numbers.Real) or not 0 <= diversity <= 1:
+            raise ValueError(f"diversity must be a number in [0, 1], got {diversity!r}")
+        if diversity:
+            pool = self.recommend_many([user_id], POOL_FACTOR * k, exclude_seen)[0]
+            vectors = self.item_vectors[self._rows([i for i, _ in pool])]
+            top = [pool[i] for i in mmr(torch.tensor([p for _, p in pool]), vectors, k, float(diversity)).tolist()]
+        else:
+            top = self.recommend_many([user_id], k, exclude_seen)[0]
         if not explain:
             return top
         return [(i, p, why) for (i, p), why in zip(top, self.explain(user_id, [i for i, _ in top]))]

@@ -73,6 +73,7 @@ class RecommendRequest(Body):
     k: int = Field(10, strict=True, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
     explain: StrictBool = False
+    diversity: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
 
 
 class Reason(BaseModel):

@@ -155,6 +155,9 @@ def test_explanations_over_http_equal_the_python_api(served):
         assert [r["item_id"] for r in item["reasons"]] == [r.item_id for r in why]
         np.testing.assert_allclose([r["weight"] for r in item["reasons"]], [r.weight for r in why], rtol=1e-5)
     assert post(url, "/recommend", {"user_id": "1", "k": 3}).json()["items"][0]["reasons"] is None
+    diverse = post(url, "/recommend", {"user_id": "1", "k": 5, "diversity": 0.5}).json()["items"]
+    assert [i["item_id"] for i in diverse] == [i for i, _ in rec.recommend("1", k=5, diversity=0.5)]
+    assert post(url, "/recommend", {"user_id": "1", "diversity": 2}).status_code == 422
     answer = post(url, "/explain", {"user_id": "1", "item_ids": [got[0]["item_id"], "260"], "top": 2})
     assert answer.status_code == 200 and len(answer.json()["reasons"]) == 2
     assert [r["item_id"] for r in answer.json()["reasons"][0]] == [r.item_id for r in expected[0][2][:2]]
