@@ -15,6 +15,9 @@ every tied item ahead of the target. Only non-excluded items are counted, so the
 
 Every model is evaluated alike through the contract of :class:`Ranker` (our model and the baselines).
 
+:func:`evaluate` also keeps each user's top :data:`LIST_LENGTH` items (``EvalResult.top_items``: the items ranked
+as above, the history excluded but the target) for the beyond-accuracy metrics of :mod:`mmrec.beyond`.
+
 Example::
 
     result = evaluate(model, build_behaviour(split), stage="test")
@@ -37,6 +40,7 @@ from .data.behaviour import Behaviour
 from .data.split import Stage
 
 __all__ = [
+    "LIST_LENGTH",
     "METRICS",
     "BootstrapResult",
     "EvalResult",
@@ -48,10 +52,15 @@ __all__ = [
     "paired_bootstrap",
     "target_ranks",
     "tie_counts",
+    "top_items",
 ]
 
 METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10")
 """Metric names, in report order."""
+
+LIST_LENGTH = 10
+"""Length of each user's top list that :func:`evaluate` keeps (``EvalResult.top_items``)."""
+
 
 class Ranker(Protocol):
     """What :func:`evaluate` needs of a model (every model in mmrec has it).
@@ -113,6 +122,20 @@ def tie_counts(
     return greater.sum(1).to(torch.float64), tied.sum(1).to(torch.float64) - 1.0  # the target ties with itself
 
 
+def top_items(scores: torch.Tensor, exclude: torch.Tensor | None = None, k: int = LIST_LENGTH) -> np.ndarray:
+    """Each row's ``k`` best non-excluded items, best first: ``(B, n) , (B, n) bool -> (B, k) int64`` (numpy).
+
+    Places beyond the row's rankable items (fewer than ``k`` not excluded, or scored ``-inf``) hold ``-1``. Ties
+    are broken as ``torch.topk`` breaks them."""
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, float("-inf"))
+    best = scores.topk(min(k, scores.shape[1]), dim=1)
+    out = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    found = best.indices.masked_fill(best.values == float("-inf"), -1)
+    out[:, : found.shape[1]] = found.cpu().numpy()
+    return out
+
+
 def metrics_from_ranks(ranks: np.ndarray, tied: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-user metrics ``(U,) float64`` for each name in :data:`METRICS` from target ranks ``(U,)``.
 
@@ -162,6 +185,9 @@ class EvalResult:
       ``users`` — pass two models' arrays to :func:`paired_bootstrap`.
     - ``users``: split positions evaluated; ``is_cold``: ``(n_users,) bool``, target never in training.
     - ``cold_metrics``: the same means over the cold users only, keys prefixed ``cold_`` (NaN if none).
+    - ``top_items``: ``(n_users, LIST_LENGTH) int64`` each user's best items among those ranked (the history
+      excluded but the target), best first, ``-1`` past the rankable items (:func:`top_items`); aligned with
+      ``users``. What :mod:`mmrec.beyond`'s coverage, Gini, intra-list diversity and novelty read.
     """
 
     stage: str
@@ -171,6 +197,7 @@ class EvalResult:
     is_cold: np.ndarray
     cold_metrics: dict[str, float]
     tie_rule: str
+    top_items: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -220,7 +247,8 @@ def evaluate(
         progress: show a progress bar over user batches.
 
     Returns:
-        :class:`EvalResult` with metrics over all evaluated users and over the cold ones.
+        :class:`EvalResult` with metrics over all evaluated users and over the cold ones, and each user's top
+        :data:`LIST_LENGTH` items.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
@@ -234,6 +262,7 @@ def evaluate(
     n_items = split.n_items
     ranks = np.empty(len(rows), dtype=np.float64)
     tied = np.empty(len(rows), dtype=np.float64)
+    top = np.empty((len(rows), LIST_LENGTH), dtype=np.int64)
     device = _device_of(model) if device is None else torch.device(device)
     model.eval()
     starts = range(0, len(rows), batch_size)
@@ -257,6 +286,7 @@ def evaluate(
             batch_greater, batch_tied = tie_counts(scores.float(), target.to(scores.device), exclude.to(scores.device))
             tied[start : start + len(chunk)] = batch_tied.cpu().numpy()
             ranks[start : start + len(chunk)] = 1.0 + batch_greater.cpu().numpy()
+            top[start : start + len(chunk)] = top_items(scores.float(), rankable.to(scores.device))
     if tie_rule is TieRule.EXPECTED:
         ranks += tied / 2.0
         per_user = metrics_from_ranks(ranks, tied)
@@ -273,6 +303,7 @@ def evaluate(
         is_cold=is_cold,
         cold_metrics=_mean(per_user, is_cold, prefix="cold_"),
         tie_rule=tie_rule.value,
+        top_items=top,
     )
 
 

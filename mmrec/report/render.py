@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..beyond import BEYOND_METRICS
 from ..evaluation import METRICS
 from .config import QualityConfig, is_ours
 
@@ -60,9 +61,10 @@ def evaluations(runs: list[dict], protocol: str, model: str) -> list[tuple[str, 
 
 
 def format_table(runs: list[dict], models: tuple[str, ...], protocols: tuple[str, ...]) -> str:
-    """Markdown: one row per protocol and model, test metrics warm and cold as mean ± std over seeds."""
+    """Markdown: one row per protocol and model, test metrics warm and cold and the beyond-accuracy metrics of all
+    users' lists (:mod:`mmrec.beyond`; "–" for runs recorded before them) as mean ± std over seeds."""
     header = ["protocol", "model", "seeds"] + [f"{g} {m}" for g in ("warm", "cold") for m in METRICS]
-    header += ["all ndcg@10", "valid ndcg@10", "epochs (best)", "s/epoch", "train s"]
+    header += ["all ndcg@10", *BEYOND_METRICS, "valid ndcg@10", "epochs (best)", "s/epoch", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for protocol in protocols:
         for model in models:
@@ -71,6 +73,8 @@ def format_table(runs: list[dict], models: tuple[str, ...], protocols: tuple[str
                 for group in ("warm", "cold"):
                     cells += [_cell(mean_std([e["test"][group][m] for _, e in pairs])) for m in METRICS]
                 cells.append(_cell(mean_std([e["test"]["all"]["ndcg@10"] for _, e in pairs])))
+                cells += [_cell(mean_std([e["test"].get("beyond", {}).get(m) for _, e in pairs]))
+                          for m in BEYOND_METRICS]
                 cells.append(_cell(mean_std([e["valid_ndcg@10"] for _, e in pairs])))
                 cells.append(f"{np.mean([r['epochs'] for r, _ in pairs]):.0f} "
                              f"({np.mean([r['best_epoch'] for r, _ in pairs]):.0f})")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..baselines import BASELINES, build_baseline
+from ..beyond import beyond_accuracy, content_vectors
 from ..data.behaviour import build_behaviour
 from ..encoders.precision import resolve_device
 from ..evaluation import METRICS, EvalResult, TieRule, evaluate
@@ -48,13 +49,17 @@ class ReportSummary:
     files: list[Path]
 
 
-def _split_metrics(result: EvalResult) -> dict[str, dict[str, float | None]]:
-    """Test metrics over all users, warm users and cold users (``None`` where a group is empty)."""
+def _split_metrics(result: EvalResult, data: TrainingData) -> dict[str, dict[str, float | None]]:
+    """Test metrics over all users, warm users and cold users (``None`` where a group is empty), and the
+    beyond-accuracy metrics of all users' top 10 lists (``"beyond"``; intra-list diversity over the store's text
+    features for every model: :mod:`mmrec.beyond`)."""
     out: dict[str, dict[str, float | None]] = {}
     for group, mask in (("all", np.ones_like(result.is_cold)), ("warm", ~result.is_cold), ("cold", result.is_cold)):
         out[group] = {m: float(result.per_user[m][mask].mean()) if mask.any() else None for m in METRICS}
     out["n"] = {"all": int(len(result.is_cold)), "warm": int((~result.is_cold).sum()),
                 "cold": int(result.is_cold.sum())}
+    beyond = beyond_accuracy(result.top_items, data.split, content_vectors(data.features))
+    out["beyond"] = {m: None if np.isnan(v) else v for m, v in beyond.items()}
     return out
 
 
@@ -71,7 +76,7 @@ def _run_baseline(name: str, data: TrainingData, seed: int, config: QualityConfi
         "valid_ndcg@10": fitted.best_valid.metrics["ndcg@10"], "best_epoch": fitted.best_epoch,
         "epochs": fitted.epochs_run, "seconds_per_epoch": fitted.seconds_per_epoch,
         "train_seconds": fitted.train_seconds, "valid_curve": [h.valid_ndcg10 for h in fitted.history],
-        "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
+        "test": _split_metrics(test, data), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
 
 
@@ -95,7 +100,7 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
         "new_item_bias": policy.bias, "new_item_logit_bias": policy.logit_bias,
         "new_item_text_only": policy.text_only, "new_item_neighbours": policy.neighbours,
         "new_item_slots": policy.slots,
-        "test": _split_metrics(test), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
+        "test": _split_metrics(test, data), "per_user_ndcg@10": test.per_user["ndcg@10"].tolist(),
     }
     if config.exposure_ratio > 0 and data.held_out is not None:
         # the same trained model, new items ranked the other ways (each a final configuration: test read once):
@@ -117,7 +122,7 @@ def _run_ours(variant: str, data: TrainingData, seed: int, config: QualityConfig
                         **({"depth": model.new_item_slot_depth} if exposure == "slots" else {}),
                         "new_item_text_only": other.text_only, "new_item_neighbours": other.neighbours,
                         "valid_ndcg@10": valid["ndcg@10"], "valid_cold_recall@20": valid["cold_recall@20"],
-                        "test": _split_metrics(result)}
+                        "test": _split_metrics(result, data)}
     return run
 
 
@@ -304,7 +309,11 @@ def run_report(
         f"Our models' rows rank new items as trained: {trained_exposure}; rows with a suffix rank them another way "
         "from the same trained models. "
         "\"valid ndcg@10\" is the best epoch's; for our models, with how new items are ranked and built chosen on "
-        "validation after early stopping, while the validation curves below show each epoch before that choice.",
+        "validation after early stopping, while the validation curves below show each epoch before that choice. "
+        "coverage@10 (share of the catalogue in any user's top 10), gini@10 (of the items' exposure), ild@10 (mean "
+        "pairwise cosine distance within a list, every model over the store's text features) and novelty@10 (mean "
+        "-log2 of an item's share of users who trained on it) read all test users' top 10 lists, history excluded "
+        "(docs/evaluation.md).",
         "",
         table, "", "## Checks", "", format_checks(checks) or (
             f"(no checks: they compare {label(config.ours)} (--ours) with the ID-only models, and these runs do not "

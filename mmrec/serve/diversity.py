@@ -3,7 +3,9 @@
 From a pool of candidates ranked by relevance, the list is built greedily: each place goes to the candidate with
 the best ``(1 - lam) * relevance - lam * max_similarity_to_the_items_already_chosen``. ``lam = 0`` is the relevance
 order itself; ``lam = 1`` chooses (after the list's own first item) the item least similar to those above it.
-Relevance is the scorer's probability (in [0, 1]); similarity is the cosine of item vectors (in [-1, 1]).
+Relevance is the scorer's probability (in [0, 1]); similarity is the cosine of item vectors (in [-1, 1]) taken
+around the catalogue's mean vector: the model's item vectors share a strong common direction (its fusion ends in
+a LayerNorm), so raw cosines are all close to 1 and would barely tell items apart.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ POOL_FACTOR = 5
 
 
 @torch.inference_mode()
-def mmr(relevance: torch.Tensor, vectors: torch.Tensor, k: int, lam: float) -> torch.Tensor:
+def mmr(relevance: torch.Tensor, vectors: torch.Tensor, k: int, lam: float, center: torch.Tensor | None = None
+        ) -> torch.Tensor:
     """Positions ``(min(k, P),)`` into a pool of ``P`` candidates in the model's order (``relevance (P,)``,
-    ``vectors (P, D)``), in the order maximal marginal relevance places them; the pool's first stays first."""
+    ``vectors (P, D)``), in the order maximal marginal relevance places them; the pool's first stays first.
+    ``center (D,)``: subtracted from the vectors before their cosines (the catalogue's mean vector)."""
     n = min(k, len(relevance))
     if lam == 0 or n == 0:
         return torch.arange(n)
-    unit = torch.nn.functional.normalize(vectors.float(), dim=1)
+    unit = torch.nn.functional.normalize(vectors.float() - (0 if center is None else center.float()), dim=1)
     chosen = [0]
     closest = unit @ unit[chosen[0]]  # (P,) each candidate's highest similarity to the chosen items
     taken = torch.zeros(len(relevance), dtype=torch.bool)

@@ -33,6 +33,8 @@ class ServedItems:
     new_rows: torch.Tensor
     computed: int
     """How many vectors were fused at load rather than read (items embedded after training)."""
+    mean: torch.Tensor
+    """``(D,)`` the catalogue's mean item vector."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,4 +73,4 @@ def load_items(store: Store, trained: TrainedModel, device: torch.device) -> Ser
     return ServedItems(
         ids=ids, row=row, vectors=torch.from_numpy(vectors).to(device).contiguous(), new=new,
         new_bias=network.new_items.bias * new.float(), new_rows=torch.nonzero(new).squeeze(1),
-        computed=len(missing))
+        computed=len(missing), mean=torch.from_numpy(vectors.mean(0) if len(vectors) else vectors.sum(0)).to(device))

@@ -252,7 +252,8 @@ class Recommender:
         if diversity:
             pool = self.recommend_many([user_id], POOL_FACTOR * k, exclude_seen)[0]
             vectors = self.item_vectors[self._rows([i for i, _ in pool])]
-            top = [pool[i] for i in mmr(torch.tensor([p for _, p in pool]), vectors, k, float(diversity)).tolist()]
+            order = mmr(torch.tensor([p for _, p in pool]), vectors, k, float(diversity), self.items.mean)
+            top = [pool[i] for i in order.tolist()]
         else:
             top = self.recommend_many([user_id], k, exclude_seen)[0]
         if not explain:
