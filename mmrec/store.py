@@ -425,3 +425,26 @@ class Store:
     def cache_texts(self, entries: dict[str, np.ndarray]) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO text_cache VALUES (?, ?)", [(k, _blob(v)) for k, v in entries.items()])
+
+    def delete_user(self, user_id: str) -> tuple[int, int, list[str]]:
+        """Delete a user's events and state (:mod:`mmrec.forget`): ``(events, states, their texts)`` deleted."""
+        with self.transaction() as db:
+            texts = [t for (t,) in db.execute("SELECT DISTINCT text FROM events WHERE user_id = ?", (user_id,)) if t]
+            events = db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            return events, db.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount, texts
+
+    def uncache_unlogged(self, keys: dict[str, list[str]]) -> int:
+        """Delete the cached vectors ``keys[text]`` (:meth:`cache_texts`) of each text no logged event carries."""
+        with self.transaction() as db:
+            kept = {t for (t,) in self._rows_for("SELECT DISTINCT text FROM events WHERE text IN ({marks})", [*keys])}
+            return sum(db.execute("DELETE FROM text_cache WHERE key = ?", (key,)).rowcount
+                       for text, found in keys.items() if text not in kept for key in found)
+
+    def tombstones(self, digests: Sequence[str], put: bool | None = None) -> set[str]:
+        """Those of ``digests`` recorded as forgotten users (``put=True``: record them first; ``False``: remove)."""
+        with self.transaction() if put is not None else contextlib.nullcontext(self._db) as db:
+            if put is not None:
+                db.execute("CREATE TABLE IF NOT EXISTS forgotten (digest TEXT PRIMARY KEY) WITHOUT ROWID")
+                sql = "INSERT OR IGNORE INTO forgotten VALUES (?)" if put else "DELETE FROM forgotten WHERE digest = ?"
+                db.executemany(sql, [(d,) for d in digests])
+            return {d for (d,) in self._rows_for("SELECT digest FROM forgotten WHERE digest IN ({marks})", digests)}

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from .commands import (add_demo_arguments, add_embed_arguments, add_evaluate_arguments, add_refresh_arguments,
                        add_report_arguments, add_train_arguments, demo_command, embed_command, evaluate_command,
                        refresh_command, report_command, train_command)
+from .forget import add_forget_arguments, forget_command
 from .options import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, check_device, fail, print_json_last
 from .serve import add_serve_arguments, serve_command
 
@@ -36,6 +37,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                add_report_arguments, report_command),
     "serve": ("serve a trained store over HTTP: score, recommend, events, health and metrics", add_serve_arguments,
               serve_command),
+    "forget": ("delete users' events, states and cached texts from a store, and keep them out of retraining",
+               add_forget_arguments, forget_command),
 }
 
 

@@ -22,6 +22,7 @@ from ..beyond import beyond_accuracy, content_vectors
 from ..data.behaviour import build_behaviour
 from ..encoders.precision import resolve_device
 from ..evaluation import METRICS, EvalResult, TieRule, evaluate
+from ..forget import without_forgotten
 from ..store import Store
 from ..train.baselines import BaselineTrainConfig, fit_baseline
 from ..train.calibration import calibrate_new_item_bias, calibrate_new_item_slots
@@ -144,8 +145,9 @@ def train_one(source: Source, protocol: str, seed: int, model: str, config: Qual
     if (protocol, seed) not in loaded:
         loaded.clear()
         store = source.store if isinstance(source.store, Store) else Store(source.store, create=False)
-        loaded[protocol, seed] = load_training_data(
-            store, source.interactions, source.context_events,
+        loaded[protocol, seed] = load_training_data(  # forgotten users (`mmrec forget`) stay out, as in train
+            store, without_forgotten(store, source.interactions, "interactions"),
+            without_forgotten(store, source.context_events, "context events"),
             unknown_items=source.unknown_items, hold_out=config.hold_out if protocol == "cold" else 0.0,
             hold_out_seed=seed)
     tick = time.perf_counter()

@@ -43,6 +43,7 @@ import torch
 
 from ..encoders.preprocess import clean_behaviour_texts
 from ..folding import EventFolder
+from ..forget import forget_users
 from ..io.values import id_string, unix_seconds
 from ..store import StaleModelError, Store, UserState
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
@@ -210,7 +211,7 @@ class Recommender:
         if (user_id is None) == (history is None):
             raise ValueError("give exactly one of user_id or history")
         if history is None:
-            return self.score_many([user_id], item_ids)[0]
+            return self.score_many([id_string(user_id, "user_id")], item_ids)[0]
         items = self._candidate_rows(item_ids)
         interest = self._history_interest(history)
         return self._probabilities(interest[None], items)[0]
@@ -250,12 +251,12 @@ class Recommender:
         if not isinstance(diversity, numbers.Real) or not 0 <= diversity <= 1:
             raise ValueError(f"diversity must be a number in [0, 1], got {diversity!r}")
         if diversity:
-            pool = self.recommend_many([user_id], POOL_FACTOR * k, exclude_seen)[0]
+            pool = self.recommend_many([id_string(user_id, "user_id")], POOL_FACTOR * k, exclude_seen)[0]
             vectors = self.item_vectors[self._rows([i for i, _ in pool])]
             order = mmr(torch.tensor([p for _, p in pool]), vectors, k, float(diversity), self.items.mean)
             top = [pool[i] for i in order.tolist()]
         else:
-            top = self.recommend_many([user_id], k, exclude_seen)[0]
+            top = self.recommend_many([id_string(user_id, "user_id")], k, exclude_seen)[0]
         if not explain:
             return top
         return [(i, p, why) for (i, p), why in zip(top, self.explain(user_id, [i for i, _ in top]))]
@@ -415,6 +416,14 @@ class Recommender:
         return [UserState(u, self.model_id, h[i], interest[i], seqs[i][-1][0],
                           (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
                 for i, u in enumerate(step_users)]
+
+    def forget(self, user_ids: Sequence) -> dict:
+        """Delete ``user_ids``' events, states and the cached texts only they had, leave no trace of them in the
+        store's files, and keep them out of retraining (:func:`mmrec.forget.forget_users`; docs/privacy.md)."""
+        with self._lock:
+            report = forget_users(self.store, self._user_ids(user_ids))
+            self.users.clear()
+        return report
 
     def rebuild(self, user_ids: Sequence[str] | None = None, batch_users: int = 512) -> int:
         """Recompute interests from each user's event log (the last ``max_len`` events, as in training), all

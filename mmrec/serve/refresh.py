@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..forget import reject_forgotten
 from ..io.events import EventTable, read_events
 from ..store import StaleModelError
 from .recommender import Recommender
@@ -108,7 +109,9 @@ def _refresh_once(store_dir, events, rebuild: bool, batch_users: int) -> Refresh
     try:
         report = RefreshReport()
         if events is not None:
-            rows, report.rejected = validate_events(read_events(events), rec)
+            table = read_events(events)
+            rows, report.rejected = validate_events(table, rec)
+            rows, report.rejected = reject_forgotten(rec.store, table, rows, report.rejected)  # `mmrec forget`
             by_user: dict[str, list[tuple]] = {}
             for row in rows:
                 by_user.setdefault(row[0], []).append(row)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..folding import EventFolder
+from ..forget import without_forgotten
 from ..store import Store
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .config import TrainConfig
@@ -42,6 +43,9 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     refreshed or observed afterwards are appended to the new log."""
     config = config or TrainConfig()
     store = Store(store_dir, create=False)
+    # users forgotten in this store (`mmrec forget`) never come back from the files: their rows are dropped here
+    interactions = without_forgotten(store, interactions, "interactions")
+    context_events = without_forgotten(store, context_events, "context events")
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
     # Parsed before training and saving: bad input must fail fast and leave the stored model untouched.
     event_log = event_log_rows(interactions, context_events, data)
@@ -97,6 +101,8 @@ def evaluate_store(store_dir, interactions, context_events=None, stages=("valid"
     model there (``"auto"``: CUDA when available)."""
     torch_device = model_device(device)
     store = Store(store_dir, create=False)
+    interactions = without_forgotten(store, interactions, "interactions")
+    context_events = without_forgotten(store, context_events, "context events")
     trained = TrainedModel.load(store.path / MODEL_DIR)
     check_encoders(trained, store.encoders())
     network = trained.network.to(torch_device)
