@@ -17,7 +17,7 @@ import torch
 
 from .store import Store
 
-__all__ = ["ItemFeatures", "item_features", "model_item_features", "embed_event_texts"]
+__all__ = ["ItemFeatures", "item_features", "model_item_features", "embed_event_texts", "store_text_encoder"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def embed_event_texts(store: Store, texts: list[str], text_encoder=None, encode_
     if text_encoder is None and len(stored) != 1:
         if not encode_missing:
             raise LookupError(f"store {store.path}: no single text encoder to look cached texts up under")
-        text_encoder = _text_encoder()
+        text_encoder = store_text_encoder(store)
     version = text_encoder.version if text_encoder is not None else stored[0]
     if len(stored) == 1 and version != stored[0]:
         # vectors from two encoders would mix in one model's inputs
@@ -103,7 +103,7 @@ def embed_event_texts(store: Store, texts: list[str], text_encoder=None, encode_
         if not encode_missing:
             raise LookupError(f"{len(missing)} of {len(texts)} texts are not cached yet")
         if text_encoder is None:
-            text_encoder = _text_encoder()
+            text_encoder = store_text_encoder(store)
             if text_encoder.version != version:
                 raise ValueError(f"store {store.path}: item texts were embedded with {version}, but the installed "
                                  f"text encoder is {text_encoder.version}; re-run `mmrec embed` first")
@@ -114,7 +114,15 @@ def embed_event_texts(store: Store, texts: list[str], text_encoder=None, encode_
     return np.stack([cached[k] for k in keys]).astype(np.float32)
 
 
-def _text_encoder():
-    from .encoders.text import TextEncoder
+def store_text_encoder(store: Store):
+    """A :class:`~mmrec.encoders.text.TextEncoder` like the one that embedded ``store``'s item texts, for texts
+    embedded later (behaviour texts at training or serving time): the int8 one (ONNX Runtime, its model cached in
+    ``STORE/encoders`` as ``mmrec embed`` caches it) when the stored text-encoder version carries the int8 suffix,
+    else the default one."""
+    from .encoders.onnx_int8 import VERSION_SUFFIX
+    from .encoders.text import TextEncoder, TextEncoderConfig
 
+    stored = store.encoders().get("text", [])
+    if stored and all(version.endswith(VERSION_SUFFIX) for version in stored):
+        return TextEncoder(TextEncoderConfig(precision="int8", cache_dir=store.path / "encoders"))
     return TextEncoder()

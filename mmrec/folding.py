@@ -57,9 +57,9 @@ class EventFolder:
             try:
                 return embed_event_texts(self.store, texts, encode_missing=False)
             except LookupError:
-                from .encoders.text import TextEncoder
+                from .features import store_text_encoder  # int8 for a store embedded with int8
 
-                self._text_encoder = TextEncoder()
+                self._text_encoder = store_text_encoder(self.store)
         return embed_event_texts(self.store, texts, self._text_encoder)
 
     def batch(self, sequences: Sequence[list[LogEvent]], previous: Sequence[int | None]

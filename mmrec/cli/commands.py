@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP,
-                      NEW_ITEM_NEIGHBOURS_HELP, NEW_ITEM_RECALL_RATIO_HELP, SIGNALS, TABLE_FORMATS, add_data_arguments,
-                      add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail, names_list,
-                      non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
+from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP, NEW_ITEM_NEIGHBOURS_HELP,
+                      NEW_ITEM_RECALL_RATIO_HELP, PRECISION_HELP, PRECISIONS, SIGNALS, TABLE_FORMATS,
+                      add_data_arguments, add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail,
+                      names_list, non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
                       require_file, require_folder, require_folder_or_absent, require_store, seed_int, seeds_list)
 
 
@@ -26,7 +26,10 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-images", action="store_true", help="refresh text only: ignore image_path, keep the image features already stored")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="encoder batch size")
     parser.add_argument("--chunk-size", type=positive_int, default=256, help="items committed per transaction")
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help=f"{PRECISION_HELP}. With int8 the image encoder, which has no int8, runs at auto; "
+                             "int8 needs --device auto or cpu and builds its model once into STORE/encoders/ "
+                             "(default auto)")
     parser.add_argument("--device", type=device_type, default="auto",
                         help="auto (CUDA when available), cpu, cuda, cuda:1...")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -34,21 +37,26 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def embed_command(args: argparse.Namespace) -> int:
     from ..embed import EmbedConfig, embed_catalog
-    from ..encoders.image import ImageEncoderConfig
-    from ..encoders.text import TextEncoderConfig
+    from ..encoders.image import ImageEncoder, ImageEncoderConfig
+    from ..encoders.text import TextEncoder, TextEncoderConfig
 
     require_file("catalog", args.catalog)
     require_folder_or_absent("--store", args.store)
     if not args.no_images:  # a mistyped folder would quietly make every item text-only
         require_folder("--images-root", args.images_root)
     sizes = {"batch_size": args.batch_size} if args.batch_size is not None else {}
-    text = TextEncoderConfig(precision=args.precision, device=args.device, **sizes)
-    image = ImageEncoderConfig(precision=args.precision, device=args.device, **sizes)
+    text = TextEncoderConfig(precision=args.precision, device=args.device, cache_dir=args.store / "encoders", **sizes)
+    image_precision = "auto" if args.precision == "int8" else args.precision  # the image encoder has no int8
+    image = ImageEncoderConfig(precision=image_precision, device=args.device, **sizes)
     config = EmbedConfig(
         text_columns=args.text_columns, images_root=args.images_root, use_images=not args.no_images,
         chunk_size=args.chunk_size, text=text, image=image, show_progress=None if sys.stderr.isatty() else False,
     )
-    report = embed_catalog(args.catalog, args.store, config)
+    # Built here, before the store exists: a precision the device cannot run (int8 on CUDA, fp16 on a CPU) or a
+    # missing ONNX Runtime fails (exit 1) before any write. Building loads no model.
+    text_encoder = TextEncoder(text)
+    image_encoder = ImageEncoder(image) if config.use_images else None
+    report = embed_catalog(args.catalog, args.store, config, text_encoder, image_encoder)
     for warning in report.warnings:
         print(f"warning: item {warning['item_id']} (row {warning['row']}): {warning['reason']}", file=sys.stderr)
     for rejected in report.rejected:
@@ -136,11 +144,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REFRESH_BATCH_USERS = 2048
+"""Default of ``mmrec refresh --batch-users``: :func:`mmrec.serve.refresh_store`'s ``batch_users``."""
+
+
 def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="trained store")
     parser.add_argument("--events", type=Path, default=None,
                         help=f"new events ({TABLE_FORMATS}): user_id, item_id, timestamp[, event][, text|tag|review|query]")
     parser.add_argument("--rebuild", action="store_true", help="recompute every user from the event log")
+    parser.add_argument("--batch-users", type=positive_int, default=REFRESH_BATCH_USERS,
+                        help="--events: users whose events are applied and committed per transaction (a kill loses "
+                             f"at most the batch in flight; default {REFRESH_BATCH_USERS})")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -151,7 +166,7 @@ def refresh_command(args: argparse.Namespace) -> int:
         return fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
     require_store(args.store)
     require_file("--events", args.events)
-    report = refresh_store(args.store, args.events, rebuild=args.rebuild)
+    report = refresh_store(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users)
     for rejected in report.rejected:
         print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
               f"{rejected['reason']}", file=sys.stderr)

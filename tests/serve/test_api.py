@@ -286,10 +286,10 @@ def test_cached_behaviour_texts_need_no_encoder(trained, monkeypatch):
     tag = pd.read_csv(folder / "tags.csv").tag.iloc[0]
     from mmrec.encoders.preprocess import clean_text
 
-    def refuse():
+    def refuse(*args, **kwargs):
         raise AssertionError("the text encoder was loaded although every text is cached")
 
-    monkeypatch.setattr(features, "_text_encoder", refuse)
+    monkeypatch.setattr(features, "store_text_encoder", refuse)
     vectors = features.embed_event_texts(Store(store_dir, create=False), [clean_text(tag)])
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-3
     # nor does serving: a fresh Recommender scores a history with a cached tag without loading it
