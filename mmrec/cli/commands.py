@@ -66,9 +66,20 @@ def embed_command(args: argparse.Namespace) -> int:
         f"image-only {report.image_only}, rejected {len(report.rejected)}, stored images kept {report.images_kept}, "
         f"removed {report.images_removed} -> {args.store}"
     )
+    _update_index(args.store)
     if args.json:
         print_json_last(report.to_dict())
     return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def _update_index(store: Path) -> None:
+    """After train / embed: build the ANN index where ``retrieval="auto"`` will use it, or add new items to the
+    one there is, so the first served request does not pay for it (mmrec.serve.retrieval)."""
+    from ..serve.retrieval import update_index
+
+    path = update_index(store)
+    if path is not None:
+        print(f"item index up to date: {path}", file=sys.stderr)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +121,7 @@ def train_command(args: argparse.Namespace) -> int:
                          show_progress=None if sys.stderr.isatty() else False, model=model)
     summary = train_store(args.store, args.interactions, args.context_events, config,
                           unknown_items=args.unknown_items)
+    _update_index(args.store)
     valid = summary["valid"]
     print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "
           f"recall@10 {valid['recall@10']:.4f}; {summary['seconds_per_epoch']:.1f} s/epoch")
