@@ -95,10 +95,12 @@ def update_index(store_dir: str | Path, build: bool | None = None) -> Path | Non
     """Bring the current model's index up to date after ``mmrec train`` / ``mmrec embed``: build it when ``build``
     (``None``: when the catalogue is at or above the crossover, where ``retrieval="auto"`` uses it), else only update
     one that exists. Returns its path, or ``None`` when there is none (no model, or nothing to do)."""
-    from ..store import Store
+    from ..store import DB_NAME, Store
     from ..trained import MODEL_DIR, TrainedModel
     from .items import load_items
 
+    if not (Path(store_dir) / DB_NAME).is_file():
+        return None  # nothing was stored (an embed that rejected every row)
     with Store(store_dir, create=False) as store:
         _, model_id = store.current_model()
         if model_id is None or not (store.path / MODEL_DIR).is_dir():
