@@ -116,3 +116,25 @@ def copy_store(source: Path, target: Path) -> Path:
         dst.close()
         src.close()
     return target
+
+
+_FLOCK = "hhxxxxqqixxxx"  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+
+def store_write_locked(db) -> bool:
+    """Whether a process holds the store's write lock: in WAL mode SQLite takes it (``BEGIN IMMEDIATE``) as a POSIX
+    lock on byte 120 of the ``-shm`` file (https://sqlite.org/walformat.html, "Locking"). Asked with ``F_GETLK``,
+    which takes no lock. The kill tests use it to SIGKILL a writer in the middle of a commit."""
+    import fcntl
+    import os
+    import struct
+
+    try:
+        fd = os.open(f"{db}-shm", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
+        return struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)

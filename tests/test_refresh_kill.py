@@ -16,11 +16,9 @@ run's. ``scripts/kill_matrix.py --command refresh`` runs the same checks at 20+ 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ from mmrec import Recommender, Store
 from mmrec.train.config import TrainConfig
 from mmrec.train.jobs import train_store
 
-from .conftest import REPO, copy_store, embed_text_only, write_movielens_slice
+from .conftest import REPO, copy_store, embed_text_only, store_write_locked, write_movielens_slice
 
 N_ITEMS = 150
 MAX_USER = 60
@@ -107,22 +105,6 @@ def _events_logged(db: Path) -> int:
         connection.close()
 
 
-_FLOCK = "hhxxxxqqixxxx"  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
-
-
-def _writing(db: Path) -> bool:
-    """Whether another process holds the store's write lock: in WAL mode SQLite takes it (``BEGIN IMMEDIATE``) as a
-    POSIX lock on byte 120 of the ``-shm`` file (https://sqlite.org/walformat.html, "Locking"). Asked with
-    ``F_GETLK``, which takes no lock."""
-    try:
-        fd = os.open(f"{db}-shm", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
-        return struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
-    finally:
-        os.close(fd)
 
 
 def kill_refresh(args: list[str], db: Path, env: dict, after_events: int, writing: bool,
@@ -133,7 +115,7 @@ def kill_refresh(args: list[str], db: Path, env: dict, after_events: int, writin
     deadline = time.monotonic() + timeout
     try:
         while child.poll() is None and time.monotonic() < deadline:
-            if _events_logged(db) >= after_events and (not writing or _writing(db)):
+            if _events_logged(db) >= after_events and (not writing or store_write_locked(db)):
                 child.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.002)

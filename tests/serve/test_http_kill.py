@@ -20,12 +20,10 @@ and accepts a new batch, whose user then still equals a recompute.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
@@ -36,10 +34,10 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from mmrec import Recommender, Store
+from mmrec import Recommender
 from mmrec.store import DB_NAME
 
-from ..conftest import REPO, copy_store
+from ..conftest import REPO, copy_store, store_write_locked
 from .test_http import cli_server, free_port, integrity, post, wait_until_up
 
 STREAMS = 4
@@ -117,21 +115,6 @@ def key_of(event: dict) -> Key:
 
 
 # -- killing the server -----------------------------------------------------------------------------------------
-_FLOCK = "hhxxxxqqixxxx"  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
-
-
-def writing(db: Path) -> bool:
-    """Whether another process holds the store's write lock (WAL: a POSIX lock on byte 120 of the ``-shm`` file,
-    https://sqlite.org/walformat.html), asked with ``F_GETLK``, which takes no lock."""
-    try:
-        fd = os.open(f"{db}-shm", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
-        return struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
-    finally:
-        os.close(fd)
 
 
 def stream(url: str, batches: list[list[dict]], acked: list, failed: list, other: list, lock: threading.Lock,
@@ -219,7 +202,7 @@ def test_acknowledged_events_survive_a_kill_and_states_equal_a_recompute(trained
             thread.start()
         while True:  # kill once enough batches are acknowledged, while a commit holds the write lock
             elapsed, done = time.monotonic() - started, len(acked)
-            locked = done >= KILL_AFTER_ACKED and writing(db)
+            locked = done >= KILL_AFTER_ACKED and store_write_locked(db)
             if locked or elapsed > KILL_DEADLINE_S and done >= MIN_ACKED or elapsed > GIVE_UP_S or other:
                 break
             time.sleep(0.001)
