@@ -6,19 +6,21 @@ Data flows one way (docs/architecture.md): files -> rows (:mod:`mmrec.io`) -> in
 
 - :func:`embed_catalog` / :class:`Store`: catalogue items -> stored text and image features.
 - :func:`train_store`, :func:`evaluate_store`, :func:`refresh_store`: the training, evaluation and batch-refresh jobs.
-- :class:`Recommender`: score, recommend and observe from Python.
+- :class:`Recommender`: score, recommend (exact or ANN, diverse, explained), observe and forget from Python;
+  ``mmrec serve`` puts it behind HTTP.
 """
 
 from .embed import EmbedConfig, EmbedReport, embed_catalog
+from .forget import forget_users
 from .networks.model import ModelConfig, NewItemPolicy
-from .serve import Recommender, RefreshReport, refresh_store
+from .serve import IndexConfig, Reason, Recommender, RefreshReport, refresh_store
 from .store import StaleModelError, Store, UserState
 from .train import TrainConfig, evaluate_store, train_store
 from .trained import ModelLoadError, TrainedModel
 
 __all__ = [
-    "EmbedConfig", "EmbedReport", "ModelConfig", "ModelLoadError", "NewItemPolicy", "Recommender", "RefreshReport",
-    "StaleModelError", "Store", "TrainConfig", "TrainedModel", "UserState", "embed_catalog", "evaluate_store", "refresh_store",
-    "train_store",
+    "EmbedConfig", "EmbedReport", "IndexConfig", "ModelConfig", "ModelLoadError", "NewItemPolicy", "Reason",
+    "Recommender", "RefreshReport", "StaleModelError", "Store", "TrainConfig", "TrainedModel", "UserState",
+    "embed_catalog", "evaluate_store", "forget_users", "refresh_store", "train_store",
 ]
 __version__ = "0.1.0"
