@@ -75,16 +75,14 @@ def committed(db: Path) -> int:
         connection.close()
 
 
-def run_and_kill(args: list[str], db: Path, env: dict, after_items: int, extra_delay: float,
-                 timeout: float = 300) -> tuple[int, float]:
-    """Start ``args``; once ``after_items`` items are committed (0: once the store file exists) wait ``extra_delay``
-    seconds and SIGKILL it.
+def run_and_kill(args: list[str], ready, env: dict, extra_delay: float, timeout: float = 300) -> tuple[int, float]:
+    """Start ``args``; once ``ready()`` is true wait ``extra_delay`` seconds and SIGKILL it.
     Returns (exit status, seconds from start to the kill)."""
     start = time.monotonic()
-    child = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while child.poll() is None and time.monotonic() - start < timeout:
-            if committed(db) >= after_items:
+            if ready():
                 time.sleep(extra_delay)
                 child.send_signal(signal.SIGKILL)
                 break
@@ -121,7 +119,8 @@ def check_point(point: int, catalog: Path, work: Path, args_for, env: dict, refe
     target = point % (n_chunks + 1) - 1  # -1: store created; then 0 .. n_chunks - 1 chunks committed
     # 0 chunks: a longer delay, to land anywhere in the model's loading or the first chunk
     extra = 0.0 if target < 0 else rng.uniform(0.0, 3.0 if target == 0 else 0.15)
-    status, killed_at = run_and_kill(args_for(store_dir), db, env, max(target, 0) * chunk, extra)
+    # killed once that many items are committed (0: once the store file exists)
+    status, killed_at = run_and_kill(args_for(store_dir), lambda: committed(db) >= max(target, 0) * chunk, env, extra)
     result = {"point": point, "after_chunks": target, "extra_delay_s": round(extra, 3), "killed_at_s":
               round(killed_at, 2), "killed": status == -signal.SIGKILL, "exit_status": status, "problems": []}
     problems = result["problems"]
@@ -196,28 +195,6 @@ def writing(db: Path) -> bool:
         return struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
     finally:
         os.close(fd)
-
-
-def run_and_kill_refresh(args: list[str], db: Path, env: dict, after_events: int, locked: bool, extra_delay: float,
-                         timeout: float = 300) -> tuple[int, float]:
-    """Start ``args``; once the store logs ``after_events`` events (and, with ``locked``, the child holds the write
-    lock) wait ``extra_delay`` seconds and SIGKILL it. Returns (exit status, seconds from start to the kill)."""
-    start = time.monotonic()
-    child = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while child.poll() is None and time.monotonic() - start < timeout:
-            if events_logged(db) >= after_events and (not locked or writing(db)):
-                time.sleep(extra_delay)
-                child.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-        killed_at = time.monotonic() - start
-        child.wait(timeout=60)
-        return child.returncode, killed_at
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
 
 
 class RefreshSetup:
@@ -337,7 +314,10 @@ def refresh_point(point: int, setup: RefreshSetup, rng: random.Random) -> dict:
     store_dir = setup.copy(f"point-{point:03d}")
     db = store_dir / "mmrec.sqlite"
     args = setup.args(store_dir, rebuild)
-    status, killed_at = run_and_kill_refresh(args, db, setup.env, int(setup.sizes[after]), locked, extra)
+    # killed once that many events are logged (and, with ``locked``, while the child holds the write lock)
+    events = int(setup.sizes[after])
+    status, killed_at = run_and_kill(args, lambda: events_logged(db) >= events and (not locked or writing(db)),
+                                     setup.env, extra)
     result = {"point": point, "kill_at": where, "rebuild": rebuild, "extra_delay_s": round(extra, 3),
               "killed_at_s": round(killed_at, 2), "killed": status == -signal.SIGKILL, "exit_status": status}
     k, rebuilt, problems = check_refresh_state(setup, store_dir, rebuild)
