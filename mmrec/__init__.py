@@ -12,6 +12,7 @@ Data flows one way (docs/architecture.md): files -> rows (:mod:`mmrec.io`) -> in
 
 from .embed import EmbedConfig, EmbedReport, embed_catalog
 from .forget import forget_users
+from .pseudonym import IdKey, IdKeyError
 from .networks.model import ModelConfig, NewItemPolicy
 from .serve import IndexConfig, Reason, Recommender, RefreshReport, refresh_store
 from .store import StaleModelError, Store, UserState
@@ -19,7 +20,8 @@ from .train import TrainConfig, evaluate_store, train_store
 from .trained import ModelLoadError, TrainedModel
 
 __all__ = [
-    "EmbedConfig", "EmbedReport", "IndexConfig", "ModelConfig", "ModelLoadError", "NewItemPolicy", "Reason",
+    "EmbedConfig", "EmbedReport", "IdKey", "IdKeyError", "IndexConfig", "ModelConfig", "ModelLoadError",
+    "NewItemPolicy", "Reason",
     "Recommender", "RefreshReport", "StaleModelError", "Store", "TrainConfig", "TrainedModel", "UserState",
     "embed_catalog", "evaluate_store", "forget_users", "refresh_store", "train_store",
 ]

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .io.tables import TableSource, read_table
 from .io.values import id_string, id_strings, ids_or_empty
+from .pseudonym import IdKey, bind_id_key
 from .store import Store
 
 __all__ = ["FORGOTTEN_REASON", "forget_users", "forgotten_among", "read_users_file", "reject_forgotten",
@@ -63,12 +64,17 @@ def _digest(secret: bytes, user_id: str) -> str:
     return hmac.new(secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def forgotten_among(store: Store, user_ids: Iterable[str]) -> set[str]:
-    """Those of ``user_ids`` (id strings as the store spells them) that were forgotten and not unforgotten since."""
+def forgotten_among(store: Store, user_ids: Iterable[str], key: IdKey | None = None) -> set[str]:
+    """Those of ``user_ids`` (id strings as the store spells them) that were forgotten and not unforgotten since.
+    With the store's id key (:mod:`mmrec.pseudonym`) ids are raw: a user forgotten under their pseudonym, or
+    under their raw id before the store was pseudonymised, is found either way."""
     secret = _secret(store)
     if secret is None:  # the store never forgot anyone
         return set()
-    digests = {_digest(secret, str(u)): str(u) for u in user_ids}
+    ids = [str(u) for u in user_ids]
+    digests = {_digest(secret, u): u for u in ids}
+    if key is not None:
+        digests.update({_digest(secret, p): u for u, p in zip(ids, key.pseudonyms(ids))})
     return {digests[d] for d in store.tombstones(list(digests))}
 
 
@@ -87,7 +93,8 @@ def _cache_key(version: str, text: str) -> str:
     return hashlib.sha256(f"{version}\0{text}".encode()).hexdigest()
 
 
-def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool = True) -> dict:
+def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool = True,
+                 id_key: IdKey | str | Path | None = None) -> dict:
     """Delete every trace of ``user_ids`` from ``store`` and record them as forgotten; returns a report.
 
     Deletes each user's events, stored state and the cached vectors of their event texts that no remaining event
@@ -99,6 +106,8 @@ def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool =
 
     An id the store does not hold is no error: it is reported with ``forgotten: 0`` (and tombstoned all the same,
     so a retrain on a file that names it leaves it out). Ids are read as the store spells them (``7`` is ``"7"``).
+    A pseudonymised store needs its ``id_key`` (:func:`mmrec.pseudonym.bind_id_key`; ``None``: ``MMREC_ID_KEY``):
+    ids are given raw, deleted and tombstoned as pseudonyms, and reported raw.
 
     Report: ``users`` (per id: ``user_id``, ``events``, ``states``, ``texts`` deleted and ``forgotten``, their
     sum), ``forgotten`` (users who had rows), ``events``, ``states``, ``texts`` (totals), ``tombstones`` (ids
@@ -106,8 +115,10 @@ def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool =
     not finish (another connection kept reading the old file): running the same call again completes it."""
     if not isinstance(store, Store):
         with Store(store, create=False) as opened:
-            return forget_users(opened, user_ids, scrub=scrub)
+            return forget_users(opened, user_ids, scrub=scrub, id_key=id_key)
     ids = _user_ids(user_ids)
+    key = bind_id_key(store, id_key)
+    stored_ids = key.pseudonyms(ids) if key else ids
     start = time.perf_counter()
     db = store.db
     secure = db.execute("PRAGMA secure_delete").fetchone()[0]
@@ -116,8 +127,8 @@ def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool =
         with store.transaction():
             versions = _text_versions(store)
             users = []
-            for user_id in ids:
-                events, states, texts = store.delete_user(user_id)
+            for user_id, stored in zip(ids, stored_ids):
+                events, states, texts = store.delete_user(stored)
                 users.append({"user_id": user_id, "events": events, "states": states, "texts": texts})
             for user in users:  # after every deletion: a text two forgotten users shared goes too
                 keys = {text: [_cache_key(v, text) for v in versions] for text in user["texts"]}
@@ -126,7 +137,7 @@ def forget_users(store: str | Path | Store, user_ids: Iterable, *, scrub: bool =
             tombstones = 0
             if ids:  # a store that never forgot anyone keeps no secret (and its jobs read their files once)
                 secret = _secret(store, create=True)
-                tombstones = len(store.tombstones([_digest(secret, u) for u in ids], put=True))
+                tombstones = len(store.tombstones([_digest(secret, u) for u in stored_ids], put=True))
     finally:
         db.execute(f"PRAGMA secure_delete={int(secure)}")
     report = {"users": users, "forgotten": sum(1 for u in users if u["forgotten"]),
@@ -160,30 +171,33 @@ def scrub_store(store: Store) -> None:
             "file, so its write-ahead log could not be emptied: run the same forget again when readers are idle")
 
 
-def unforget_users(store: Store, user_ids: Iterable) -> int:
+def unforget_users(store: Store, user_ids: Iterable, id_key: IdKey | str | Path | None = None) -> int:
     """Remove the tombstones of ``user_ids`` (a returning user whose files may train again); returns how many there
-    were. Their deleted rows stay deleted."""
+    were. Their deleted rows stay deleted. ``id_key``: as :func:`forget_users`'s."""
     ids, secret = _user_ids(user_ids), _secret(store)
     if secret is None:
         return 0
-    digests = [_digest(secret, u) for u in ids]
+    key = bind_id_key(store, id_key)
+    digests = [_digest(secret, u) for u in ids] + ([_digest(secret, p) for p in key.pseudonyms(ids)] if key else [])
     with store.transaction():
         found = store.tombstones(digests)
         store.tombstones(digests, put=False)
     return len(found)
 
 
-def without_forgotten(store: Store, source: TableSource | None, what: str = "events") -> TableSource | None:
-    """``source`` (an events file or DataFrame, ``None`` passes through) without the rows of forgotten users, for
-    ``train_store`` and ``evaluate_store``: unchanged when the store forgot none of its users, else the DataFrame
-    of its other rows, with a warning naming the file and the count (never the ids)."""
+def without_forgotten(store: Store, source: TableSource | None, what: str = "events", key: IdKey | None = None
+                      ) -> TableSource | None:
+    """``source`` (an events file or DataFrame, ``None`` passes through, raw ids) without the rows of forgotten
+    users, for ``train_store`` and ``evaluate_store``: unchanged when the store forgot none of its users, else the
+    DataFrame of its other rows, with a warning naming the file and the count (never the ids). ``key``: the
+    store's id key, as :func:`forgotten_among`."""
     if source is None or _secret(store) is None:
         return source
     frame = read_table(source)
     if "user_id" not in frame.columns:
         return source  # the readers name the missing column
     ids = ids_or_empty(frame["user_id"], "user_id")
-    forgotten = forgotten_among(store, ids.unique().tolist())
+    forgotten = forgotten_among(store, ids.unique().tolist(), key)
     if not forgotten:
         return source
     drop = ids.isin(forgotten).to_numpy()
@@ -193,11 +207,12 @@ def without_forgotten(store: Store, source: TableSource | None, what: str = "eve
     return frame[~drop].reset_index(drop=True)
 
 
-def reject_forgotten(store: Store, table, rows: list[tuple], rejected: list[dict]) -> tuple[list[tuple], list[dict]]:
+def reject_forgotten(store: Store, table, rows: list[tuple], rejected: list[dict], key: IdKey | None = None
+                     ) -> tuple[list[tuple], list[dict]]:
     """``refresh_store``'s rows and rejections (:func:`mmrec.serve.refresh.validate_events` of ``table``, an
     :class:`~mmrec.io.events.EventTable`) with the rows of forgotten users moved to the rejections, field
-    ``user_id``, reason :data:`FORGOTTEN_REASON`."""
-    forgotten = forgotten_among(store, {row[0] for row in rows})
+    ``user_id``, reason :data:`FORGOTTEN_REASON`. ``key``: the store's id key (rows hold raw ids)."""
+    forgotten = forgotten_among(store, {row[0] for row in rows}, key)
     if not forgotten:
         return rows, rejected
     listed = {r["row"] for r in rejected}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP, NEW_ITEM_NEIGHBOURS_HELP,
                       NEW_ITEM_RECALL_RATIO_HELP, PRECISION_HELP, PRECISIONS, SIGNALS, TABLE_FORMATS,
-                      add_data_arguments, add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail,
+                      add_data_arguments, add_id_key_argument, add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail,
                       names_list, non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
                       require_file, require_folder, require_folder_or_absent, require_store, seed_int, seeds_list)
 
@@ -32,6 +32,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default auto)")
     parser.add_argument("--device", type=device_type, default="auto",
                         help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    add_id_key_argument(parser)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -57,6 +58,7 @@ def embed_command(args: argparse.Namespace) -> int:
     text_encoder = TextEncoder(text)
     image_encoder = ImageEncoder(image) if config.use_images else None
     report = embed_catalog(args.catalog, args.store, config, text_encoder, image_encoder)
+    _bind_id_key(args)
     for warning in report.warnings:
         print(f"warning: item {warning['item_id']} (row {warning['row']}): {warning['reason']}", file=sys.stderr)
     for rejected in report.rejected:
@@ -70,6 +72,16 @@ def embed_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json_last(report.to_dict())
     return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def _bind_id_key(args: argparse.Namespace) -> None:
+    """Embedding reads no users: a key given here marks a store without users as pseudonymised (so a later run
+    without the key fails rather than storing raw ids), and a wrong one fails now."""
+    from ..pseudonym import bind_id_key
+    from ..store import Store
+
+    with Store(args.store, create=False) as store:
+        bind_id_key(store, args.id_key)
 
 
 def _update_index(store: Path) -> None:
@@ -105,6 +117,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-item-neighbours", type=non_negative_int, default=defaults.new_item_neighbours,
                         help=f"{NEW_ITEM_NEIGHBOURS_HELP[:-1]}; default {defaults.new_item_neighbours})")
     add_unknown_items_argument(parser)
+    add_id_key_argument(parser)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -120,7 +133,7 @@ def train_command(args: argparse.Namespace) -> int:
                          new_item_neighbours=args.new_item_neighbours,
                          show_progress=None if sys.stderr.isatty() else False, model=model)
     summary = train_store(args.store, args.interactions, args.context_events, config,
-                          unknown_items=args.unknown_items)
+                          unknown_items=args.unknown_items, id_key=args.id_key)
     _update_index(args.store)
     valid = summary["valid"]
     print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "
@@ -134,6 +147,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_unknown_items_argument(parser)
     parser.add_argument("--device", type=device_type, default="cpu", help="cpu (default), auto (CUDA when available), cuda...")
+    add_id_key_argument(parser)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -144,7 +158,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     check_data_arguments(args)
     results = evaluate_store(args.store, args.interactions, args.context_events, unknown_items=args.unknown_items,
-                             device=args.device)
+                             device=args.device, id_key=args.id_key)
     print(format_metrics(results))
     if args.json:
         flat = {}
@@ -168,6 +182,7 @@ def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-users", type=positive_int, default=REFRESH_BATCH_USERS,
                         help="--events: users whose events are applied and committed per transaction (a kill loses "
                              f"at most the batch in flight; default {REFRESH_BATCH_USERS})")
+    add_id_key_argument(parser)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -178,7 +193,8 @@ def refresh_command(args: argparse.Namespace) -> int:
         return fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
     require_store(args.store)
     require_file("--events", args.events)
-    report = refresh_store(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users)
+    report = refresh_store(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users,
+                           id_key=args.id_key)
     for rejected in report.rejected:
         print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
               f"{rejected['reason']}", file=sys.stderr)
@@ -269,6 +285,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-train", action="store_true",
                         help="only rebuild the report from the runs already in OUT/runs.jsonl")
     add_unknown_items_argument(parser)
+    add_id_key_argument(parser)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -304,6 +321,7 @@ def report_command(args: argparse.Namespace) -> int:
     command = "mmrec report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else sys.argv[1:])
     summary = run_report(Store(args.store, create=False), args.interactions, args.out, config, args.context_events,
                          args.reference, command=command, train=not args.no_train, unknown_items=args.unknown_items,
+                         id_key=args.id_key,
                          on_run=lambda r: print(f"{r['protocol']:>8} seed {r['seed']} {r['model']:<14} test ndcg@10 "
                                                 f"{r['test']['all']['ndcg@10']:.4f}  ({r['wall_seconds']:.0f} s)",
                                                 flush=True))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import EXIT_OK, EXIT_USAGE, JSON_HELP, TABLE_FORMATS, fail, print_json_last, require_file, require_store
+from .options import (EXIT_OK, EXIT_USAGE, JSON_HELP, TABLE_FORMATS, add_id_key_argument, fail, print_json_last,
+                      require_file, require_store)
 
 __all__ = ["add_forget_arguments", "forget_command"]
 
@@ -17,6 +18,7 @@ def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users-file", type=Path, default=None,
                         help=f"user ids to forget: a {TABLE_FORMATS} file with a user_id column, or any other "
                              "text file with one id a line")
+    add_id_key_argument(parser)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -33,7 +35,7 @@ def forget_command(args: argparse.Namespace) -> int:
     if args.users_file is not None:
         ids += read_users_file(args.users_file)
     with Store(args.store, create=False) as store:
-        report = forget_users(store, ids)
+        report = forget_users(store, ids, id_key=args.id_key)
     for user in report["users"]:
         if user["forgotten"]:
             print(f"user {user['user_id']}: deleted {user['events']} events, {user['states']} stored state(s), "

@@ -198,6 +198,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def add_id_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id-key", type=Path, default=None, metavar="FILE",
+                        help="key file of a pseudonymised store: user ids are stored as HMAC-SHA256 pseudonyms, "
+                             "callers keep using raw ids (default: the file MMREC_ID_KEY names, if set; "
+                             "docs/privacy.md)")
+
+
 def add_unknown_items_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unknown-items", choices=["error", "drop"], default="error",
                         help="interaction rows naming an item that is not in the store: fail naming them (default) "

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from .options import EXIT_OK, device_type, positive_int, require_store
+from .options import EXIT_OK, add_id_key_argument, device_type, positive_int, require_store
 
 __all__ = ["add_serve_arguments", "serve_command"]
 
@@ -39,6 +39,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrieval", choices=["auto", "exact", "ann"], default="auto",
                         help="how /recommend finds candidates: exact (every item), ann (FAISS index), auto "
                              "(default: exact below 15,000 items)")
+    add_id_key_argument(parser)
 
 
 def _check_address(host: str, port: int) -> None:
@@ -55,6 +56,7 @@ def _check_address(host: str, port: int) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..pseudonym import ENV_VAR as ENV_ID_KEY
     from ..serve.app import ENV_DEVICE, ENV_DURABILITY, ENV_RETRIEVAL, ENV_STORE, ENV_THREADS, create_app
     from ..serve.recommender import Recommender
 
@@ -62,13 +64,15 @@ def serve_command(args: argparse.Namespace) -> int:
     _check_address(args.host, args.port)
     if args.workers == 1:
         app = create_app(args.store, device=args.device, threads=args.threads, durability=args.durability,
-                         retrieval=args.retrieval)
+                         retrieval=args.retrieval, id_key=args.id_key)
         uvicorn.run(app, host=args.host, port=args.port)
         return EXIT_OK
     # Each worker process imports the app factory and loads the model itself; loading it once here first turns a
     # store without a usable model into one error message instead of a failure in every worker.
     # (it also builds the ANN index once, rather than once per worker)
-    Recommender.load(args.store, device=args.device, threads=None, retrieval=args.retrieval).close()
+    Recommender.load(args.store, device=args.device, threads=None, retrieval=args.retrieval, id_key=args.id_key).close()
+    if args.id_key is not None:  # the workers read the key file the variable names
+        os.environ[ENV_ID_KEY] = str(args.id_key.resolve())
     os.environ.update({ENV_STORE: str(args.store.resolve()), ENV_DEVICE: args.device, ENV_THREADS: str(args.threads),
                        ENV_DURABILITY: args.durability, ENV_RETRIEVAL: args.retrieval})
     uvicorn.run("mmrec.serve.app:app_from_environment", factory=True, host=args.host, port=args.port,

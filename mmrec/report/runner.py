@@ -23,6 +23,7 @@ from ..data.behaviour import build_behaviour
 from ..encoders.precision import resolve_device
 from ..evaluation import METRICS, EvalResult, TieRule, evaluate
 from ..forget import without_forgotten
+from ..pseudonym import IdKey, bind_id_key
 from ..store import Store
 from ..train.baselines import BaselineTrainConfig, fit_baseline
 from ..train.calibration import calibrate_new_item_bias, calibrate_new_item_slots
@@ -136,6 +137,7 @@ class Source:
     interactions: object
     context_events: object
     unknown_items: str
+    id_key: IdKey | None = None  # the store's (mmrec.pseudonym): its forgotten users are tombstoned as pseudonyms
 
 
 def train_one(source: Source, protocol: str, seed: int, model: str, config: QualityConfig,
@@ -146,8 +148,8 @@ def train_one(source: Source, protocol: str, seed: int, model: str, config: Qual
         loaded.clear()
         store = source.store if isinstance(source.store, Store) else Store(source.store, create=False)
         loaded[protocol, seed] = load_training_data(  # forgotten users (`mmrec forget`) stay out, as in train
-            store, without_forgotten(store, source.interactions, "interactions"),
-            without_forgotten(store, source.context_events, "context events"),
+            store, without_forgotten(store, source.interactions, "interactions", source.id_key),
+            without_forgotten(store, source.context_events, "context events", source.id_key),
             unknown_items=source.unknown_items, hold_out=config.hold_out if protocol == "cold" else 0.0,
             hold_out_seed=seed)
     tick = time.perf_counter()
@@ -226,12 +228,15 @@ def run_report(
     on_run: Callable[[dict], None] | None = None,
     train: bool = True,
     unknown_items: str = "error",
+    id_key=None,
 ) -> ReportSummary:
     """Train and evaluate every model of ``config`` under each protocol and seed, then write ``report.md``,
     ``results.json``, ``metrics.png`` and ``valid_curves.png`` to ``out`` (runs already in ``out/runs.jsonl``
     are reused; ``train=False`` only rebuilds the report from them). ``unknown_items="drop"`` skips interaction
-    rows naming items the store does not hold."""
+    rows naming items the store does not hold. ``id_key``: a pseudonymised store's key (``None``: ``MMREC_ID_KEY``),
+    needed to leave its forgotten users out."""
     config = config or QualityConfig()
+    key = bind_id_key(store, id_key)
     if train:
         _check_store_has(store, config.models)
     out = Path(out)
@@ -271,7 +276,7 @@ def run_report(
     pending = [(protocol, seed, model) for protocol in config.protocols for seed in config.seeds
                for model in config.models if (protocol, model, seed) not in done
                and (train or (protocol, model, seed) in redo)]
-    source = Source(store, interactions, context_events, unknown_items)
+    source = Source(store, interactions, context_events, unknown_items, key)
 
     def record(protocol: str, seed: int, model: str, result: dict, seconds: float) -> None:
         run = {"protocol": protocol, "model": model, "seed": seed, "fingerprint": settings_key,

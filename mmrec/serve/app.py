@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..pseudonym import resolve_id_key
 from ..store import StaleModelError
 from .recommender import SERVING_THREADS, Recommender
 from .refresh import validate_event_records
@@ -328,12 +329,13 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
 
 def create_app(store_dir: str | Path, *, device: str = "cpu", threads: int | None = SERVING_THREADS,
                durability: str = "normal", retrieval: str = "auto", check_every: float = 0.5,
-               max_body_size: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_size: int = MAX_BODY_BYTES, id_key=None) -> FastAPI:
     """The HTTP service of the trained store ``store_dir`` (its model is loaded now: a store without one fails
     here). ``device``, ``threads``, ``durability``, ``retrieval``: as :meth:`Recommender.load`'s;
-    ``check_every``: seconds between checks for a retrained model (0: never swap)."""
+    ``check_every``: seconds between checks for a retrained model (0: never swap); ``id_key``: a pseudonymised
+    store's key (``None``: ``MMREC_ID_KEY``), read once for every model swapped in."""
     models = ModelHolder(store_dir, check_every, device=device, threads=threads, durability=durability,
-                         retrieval=retrieval)
+                         retrieval=retrieval, id_key=resolve_id_key(id_key))
     registry = CollectorRegistry()
 
     @asynccontextmanager

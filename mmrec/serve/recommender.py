@@ -45,6 +45,7 @@ from ..encoders.preprocess import clean_behaviour_texts
 from ..folding import EventFolder
 from ..forget import forget_users
 from ..io.values import id_string, unix_seconds
+from ..pseudonym import IdKey, bind_id_key
 from ..store import StaleModelError, Store, UserState
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .commit import GroupCommit
@@ -70,8 +71,10 @@ class Recommender:
 
     def __init__(self, store: Store, trained: TrainedModel, device: torch.device,
                  generation: int | None = None, retrieval: str = "exact",
-                 index_config: IndexConfig | None = None) -> None:
+                 index_config: IndexConfig | None = None, id_key: IdKey | None = None) -> None:
         self.store = store
+        #: user ids are stored as pseudonyms under this key (:mod:`mmrec.pseudonym`); ``None``: as given
+        self.id_key = id_key
         #: the store's model generation when this model was loaded (read before the model files)
         self.generation: int = store.current_model()[0] if generation is None else generation
         self.trained = trained
@@ -109,12 +112,14 @@ class Recommender:
     # -- loading -----------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, store: str | Path | Store, device: str = "auto", *, threads: int | None = SERVING_THREADS,
-             durability: str = "normal", retrieval: str = "auto", index: IndexConfig | None = None) -> Recommender:
+             durability: str = "normal", retrieval: str = "auto", index: IndexConfig | None = None,
+             id_key: IdKey | str | Path | None = None) -> Recommender:
         """Open ``store`` and its trained model. ``threads``: torch's intra-op threads for this process (``None``:
         unchanged); ``durability``: ``"normal"`` or ``"full"`` (see :data:`mmrec.store.DURABILITY`) for the
         events and states this process commits; ``retrieval``: ``"exact"``, ``"ann"`` or ``"auto"`` (exact below
         :data:`~mmrec.serve.index.AUTO_EXACT_BELOW` items; :mod:`mmrec.serve.retrieval`), ``index``: the ANN
-        index's settings. Raises :class:`~mmrec.trained.ModelLoadError` when there is no
+        index's settings; ``id_key``: a pseudonymised store's key file (``None``: ``MMREC_ID_KEY``; callers keep
+        passing raw user ids, :class:`~mmrec.pseudonym.IdKeyError` without the store's key). Raises :class:`~mmrec.trained.ModelLoadError` when there is no
         model or the store's features were made by other encoders than the ones the model was trained on, and
         ``ValueError`` naming ``device``, ``threads``, ``durability`` or ``retrieval`` when it is not valid here."""
         torch_device = model_device(device)
@@ -133,7 +138,7 @@ class Recommender:
                 break
             time.sleep(0.1)  # the files are newer than the store: a retrain is about to commit
         check_encoders(trained, store.encoders())
-        return cls(store, trained, torch_device, generation, retrieval, index)
+        return cls(store, trained, torch_device, generation, retrieval, index, bind_id_key(store, id_key))
 
     def close(self) -> None:
         """Close the store connection; ``with Recommender.load(...) as rec:`` does it on leaving."""
@@ -196,11 +201,12 @@ class Recommender:
             self._bias, self._bias_of = bias * self._new_items.float(), bias
         return self._bias
 
-    @staticmethod
-    def _user_ids(user_ids: Sequence) -> list[str]:
+    def _user_ids(self, user_ids: Sequence, stored: bool = True) -> list[str]:
+        """``user_ids`` read as ids, as the store holds them (``stored``: pseudonyms under the id key)."""
         if not isinstance(user_ids, Iterable) or isinstance(user_ids, (str, bytes)):
             raise ValueError(f"user_ids must be a list of user ids, got {user_ids!r}")
-        return [id_string(u, f"user_ids[{n}]") for n, u in enumerate(user_ids)]
+        ids = [id_string(u, f"user_ids[{n}]") for n, u in enumerate(user_ids)]
+        return self.id_key.pseudonyms(ids) if stored and self.id_key else ids
 
     # -- public API --------------------------------------------------------------------------------------------
     def score(self, user_id=None, item_ids: Sequence | None = None, *, history: Sequence[Event] | None = None
@@ -268,6 +274,7 @@ class Recommender:
         One batched forward over the leave-one-out histories (:mod:`mmrec.serve.explain`); a user without readable
         events gets empty lists."""
         user = id_string(user_id, "user_id")
+        user = self.id_key.pseudonym(user) if self.id_key else user
         rows = self._candidate_rows(item_ids)
         if not isinstance(top, numbers.Integral) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
@@ -355,7 +362,10 @@ class Recommender:
         strings; timestamps as unix seconds). Raises ``KeyError`` / ``ValueError`` naming the first row with an
         unknown item or event or an unreadable id or timestamp, and :class:`StaleModelError` (writing nothing) when
         the store was retrained since this model was loaded."""
-        return self._commits.submit(self.rules.prepare(rows))
+        rows = self.rules.prepare(rows)
+        if self.id_key:
+            rows = [(u, *rest) for u, (_, *rest) in zip(self.id_key.pseudonyms(r[0] for r in rows), rows)]
+        return self._commits.submit(rows)
 
     def _commit(self, batches: list[list[tuple]]) -> list[dict[str, int]]:
         """Apply the rows of ``batches`` (already prepared) in one transaction; counts per batch."""
@@ -421,7 +431,7 @@ class Recommender:
         """Delete ``user_ids``' events, states and the cached texts only they had, leave no trace of them in the
         store's files, and keep them out of retraining (:func:`mmrec.forget.forget_users`; docs/privacy.md)."""
         with self._lock:
-            report = forget_users(self.store, self._user_ids(user_ids))
+            report = forget_users(self.store, self._user_ids(user_ids, stored=False), id_key=self.id_key)
             self.users.clear()
         return report
 
@@ -433,4 +443,5 @@ class Recommender:
         with self._lock, self.store.transaction():
             self._check_current()
             self.users.clear()
-            return self.folder.rebuild(self.model_id, user_ids, batch_users)
+            ids = None if user_ids is None else self._user_ids(user_ids)
+            return self.folder.rebuild(self.model_id, ids, batch_users)

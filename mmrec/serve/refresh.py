@@ -86,7 +86,7 @@ def validate_event_records(records: Sequence[dict], rec: Recommender) -> tuple[l
 
 
 def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: int = 2048,
-                  attempts: int = 3) -> RefreshReport:
+                  attempts: int = 3, id_key=None) -> RefreshReport:
     """Apply a file of new behaviour events to the stored interest vectors (vectorised over users, committed in
     batches of users), or recompute every user from the log with ``rebuild=True``. Re-applying the same file is a
     no-op: events already in the log are skipped.
@@ -94,24 +94,24 @@ def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: in
     A retrain that installs a new model meanwhile replaces the event log with its training input (batches applied
     before it are gone with the old model): the refresh then loads the new model and applies the whole file again
     after it, up to ``attempts`` times in all, and reports that last pass; then
-    :class:`~mmrec.store.StaleModelError`."""
+    :class:`~mmrec.store.StaleModelError`. ``id_key``: a pseudonymised store's key (:meth:`Recommender.load`)."""
     for attempt in range(attempts):
         try:
-            return _refresh_once(store_dir, events, rebuild, batch_users)
+            return _refresh_once(store_dir, events, rebuild, batch_users, id_key)
         except StaleModelError:
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _refresh_once(store_dir, events, rebuild: bool, batch_users: int) -> RefreshReport:
-    rec = Recommender.load(store_dir, device="cpu")
+def _refresh_once(store_dir, events, rebuild: bool, batch_users: int, id_key) -> RefreshReport:
+    rec = Recommender.load(store_dir, device="cpu", id_key=id_key)
     try:
         report = RefreshReport()
         if events is not None:
             table = read_events(events)
             rows, report.rejected = validate_events(table, rec)
-            rows, report.rejected = reject_forgotten(rec.store, table, rows, report.rejected)  # `mmrec forget`
+            rows, report.rejected = reject_forgotten(rec.store, table, rows, report.rejected, rec.id_key)  # `mmrec forget`
             by_user: dict[str, list[tuple]] = {}
             for row in rows:
                 by_user.setdefault(row[0], []).append(row)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ..folding import EventFolder
-from ..forget import without_forgotten
+from ..forget import scrub_store, without_forgotten
+from ..pseudonym import FINGERPRINT_META, bind_id_key, pseudonymise_table, record_fingerprint
 from ..store import Store
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .config import TrainConfig
@@ -31,7 +32,7 @@ def _model_id(model: torch.nn.Module, seed: int) -> str:
 
 
 def train_store(store_dir, interactions, context_events=None, config: TrainConfig | None = None,
-                log=print, unknown_items: str = "error", text_encoder=None) -> dict:
+                log=print, unknown_items: str = "error", text_encoder=None, id_key=None) -> dict:
     """Train on ``interactions`` (+ optional text-bearing ``context_events``) against the items in ``store_dir``;
     save the model in ``STORE/model``, write item vectors, the event log and every user's interest vector.
     Returns a summary (epochs, best epoch, validation metrics, seconds).
@@ -40,12 +41,17 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     observed or refreshed before are dropped, rows removed or corrected in the files are gone), every user state
     is recomputed from it, and the model becomes the store's current one, in one transaction. Processes still
     holding the previous model are refused writes from then on (:class:`~mmrec.store.StaleModelError`); events
-    refreshed or observed afterwards are appended to the new log."""
+    refreshed or observed afterwards are appended to the new log.
+
+    ``id_key`` (a key file, :mod:`mmrec.pseudonym`; ``None``: ``MMREC_ID_KEY``): user ids are stored as pseudonyms.
+    A store of raw ids trained with a key becomes pseudonymised, its file rebuilt so no raw id is left in it."""
     config = config or TrainConfig()
     store = Store(store_dir, create=False)
+    key = bind_id_key(store, id_key, replacing_users=True)
+    converting = key is not None and store.get_meta(FINGERPRINT_META) is None
     # users forgotten in this store (`mmrec forget`) never come back from the files: their rows are dropped here
-    interactions = without_forgotten(store, interactions, "interactions")
-    context_events = without_forgotten(store, context_events, "context events")
+    interactions = pseudonymise_table(without_forgotten(store, interactions, "interactions", key), key)
+    context_events = pseudonymise_table(without_forgotten(store, context_events, "context events", key), key)
     data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
     # Parsed before training and saving: bad input must fail fast and leave the stored model untouched.
     event_log = event_log_rows(interactions, context_events, data)
@@ -87,22 +93,26 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
         store.replace_events(event_log)
         store.put_item_vectors(item_ids, vectors.numpy(), model_id)
         rebuilt = folder.rebuild(model_id)
+        record_fingerprint(store, key)
         store.install_model(model_id)
         trained.save(store.path / MODEL_DIR)
+    if converting:  # the replaced raw ids must not linger in free pages or the write-ahead log
+        scrub_store(store)
     if log:
         log(f"saved model {model_id} to {store.path / MODEL_DIR}; {rebuilt} user interest vectors refreshed")
     return {"model_id": model_id, "users": rebuilt, **{k: v for k, v in summary.items() if k != "history"}}
 
 
 def evaluate_store(store_dir, interactions, context_events=None, stages=("valid", "test"), text_encoder=None,
-                   unknown_items: str = "error", device: str = "cpu") -> dict:
+                   unknown_items: str = "error", device: str = "cpu", id_key=None) -> dict:
     """Metrics of the store's model under the evaluation protocol: ``{stage: metrics}``, cold items included.
     ``unknown_items="drop"`` skips interaction rows naming items the store does not hold; ``device`` runs the
-    model there (``"auto"``: CUDA when available)."""
+    model there (``"auto"``: CUDA when available); ``id_key``: the store's id key, as :func:`train_store`'s."""
     torch_device = model_device(device)
     store = Store(store_dir, create=False)
-    interactions = without_forgotten(store, interactions, "interactions")
-    context_events = without_forgotten(store, context_events, "context events")
+    key = bind_id_key(store, id_key)  # evaluation reads no stored user, but its forgotten users are keyed
+    interactions = without_forgotten(store, interactions, "interactions", key)
+    context_events = without_forgotten(store, context_events, "context events", key)
     trained = TrainedModel.load(store.path / MODEL_DIR)
     check_encoders(trained, store.encoders())
     network = trained.network.to(torch_device)
