@@ -110,6 +110,30 @@ class InterestModel(nn.Module):
         last = out.gather(1, (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, out.shape[-1])).squeeze(1)
         return out, last
 
+    def leave_one_out(self, inputs: torch.Tensor, rejoined: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Last states ``(L + 1, H)`` of a history of ``L`` events (row 0) and of the ``L`` histories without one of
+        them (row ``1 + i``: without event ``i``), all from ``state (1, H)``, in ``L`` GRU steps (inference only).
+
+        ``inputs (L, D)``: the events' inputs; ``rejoined (L - 1, D)``: event ``t``'s input (``t >= 1``) when event
+        ``t - 1`` is left out (its time gap then counts from event ``t - 2``). A history without event ``i`` has the
+        whole history's state up to ``i``: it joins at step ``i + 1`` and runs beside it, so step ``t`` advances
+        ``t + 1`` rows, where ``L + 1`` separate histories would take ``L`` steps of ``L + 1`` rows each."""
+        gru, n, h = self.gru, inputs.shape[0], state.shape[1]
+        x = torch.addmm(gru.bias_ih_l0, torch.cat([inputs, rejoined]), gru.weight_ih_l0.T)  # (2L - 1, 3H)
+        rows, before = state, state  # every running history's state; the whole one's before the previous event
+        for t in range(n):
+            gi = x[t : t + 1]
+            if t:
+                rows = torch.cat([rows, before])  # the history without event t - 1 joins
+                gi = torch.cat([gi.expand(t, -1), x[n + t - 1 : n + t]])
+            before = rows[:1]
+            gh = torch.addmm(gru.bias_hh_l0, rows, gru.weight_hh_l0.T)
+            # torch.nn.GRU's equations, fused: r, z = sigmoid(.), n = tanh(x_n + r * h_n), h' = n + z * (h - n)
+            rz = torch.sigmoid(gi[:, : 2 * h] + gh[:, : 2 * h])
+            candidate = torch.tanh(torch.addcmul(gi[:, 2 * h :], rz[:, :h], gh[:, 2 * h :]))
+            rows = torch.lerp(candidate, rows, rz[:, h:])
+        return torch.cat([rows, before])  # the history without the last event ends where the whole one was before it
+
     def step(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """One event for each of ``B`` users: inputs ``(B, D)``, states ``(B, H)`` -> new states ``(B, H)``."""
         _, h_n = self.gru(inputs.unsqueeze(1), state.unsqueeze(0).contiguous())

@@ -2,9 +2,10 @@
 
 The weight of event ``i`` for item ``c`` is ``logit(c | history) - logit(c | history without event i)``: how much
 the scorer's logit drops when the user's interest is recomputed without that event. It is faithful by
-construction (it *is* the effect of the event on this model's score) and computed in one batched forward: the
-``L`` leave-one-out histories and the full one go through the GRU together (``(L + 1, L)`` events), then the scorer
-scores every item for all ``L + 1`` interests. The history is what a recompute reads (the last ``max_len`` logged
+construction (it *is* the effect of the event on this model's score) and computed in one batched pass: the ``L``
+leave-one-out histories and the full one go through the GRU together in ``L`` steps, each joining where it leaves
+the full history (:meth:`InterestModel.leave_one_out <mmrec.networks.interest.InterestModel.leave_one_out>`), then
+the scorer scores every item for all ``L + 1`` interests. The history is what a recompute reads (the last ``max_len`` logged
 events the model can read, as training and ``rebuild``); a user whose stored state was stepped past ``max_len``
 events is explained by that window.
 
@@ -45,9 +46,12 @@ def leave_one_out(folder: EventFolder, scorer: MLPScorer, window: list[LogEvent]
     """``(L, C)`` weights of the ``L`` events of ``window`` (time-ordered) for the items ``vectors (C, D)``: the
     logit with the whole window minus the logit without event ``i``. ``previous``: the timestamp before the window
     (:meth:`EventFolder.window`)."""
-    n = len(window)
-    histories = [window] + [window[:i] + window[i + 1 :] for i in range(n)]
-    _, interests = folder.advance(histories, None, [previous] * (n + 1))  # (L + 1, D)
+    n, network = len(window), folder.network
+    # row t >= 1: event t alone, its time gap counted from the event before t - 1 (which is left out)
+    before = ([previous, previous] + [e[0] for e in window[: n - 2]])[:n]
+    batch, table = folder.batch([window] + [[e] for e in window[1:]], before)
+    states = network.leave_one_out_states(batch, folder.item_vectors, table)  # (L + 1, H)
+    interests = network.interest_model.interest(states)  # (L + 1, D)
     logits = scorer.logits(interests, vectors.expand(n + 1, *vectors.shape))  # (L + 1, C)
     return logits[0] - logits[1:]
 

@@ -25,6 +25,26 @@ def test_one_step_at_a_time_equals_the_whole_sequence():
     assert (states[1, 4:] == 0).all()
 
 
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_leave_one_out_in_one_pass_equals_each_history_run_on_its_own(n):
+    """``InterestModel.leave_one_out`` (what ``explain`` runs) against nn.GRU over each history separately, with the
+    event after a left-out one taking its re-measured input."""
+    torch.manual_seed(n)
+    model = InterestModel(InterestConfig(n_events=2, text_dim=0)).eval()
+    inputs, rejoined = torch.randn(n, 128), torch.randn(max(n - 1, 0), 128)
+    start = model.initial(1)
+    with torch.no_grad():
+        states = model.leave_one_out(inputs, rejoined, start)
+        expected = [model(inputs[None], torch.tensor([n]), start)[1][0]]
+        for i in range(n):
+            rest = [inputs[:i]] + ([rejoined[i : i + 1], inputs[i + 2 :]] if i + 1 < n else [])
+            history = torch.cat(rest)
+            expected.append(model(history[None], torch.tensor([len(history)]), start)[1][0] if len(history)
+                            else start[0])
+    assert states.shape == (n + 1, 128)
+    torch.testing.assert_close(states, torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_event_text_changes_the_input_only_where_present():
     torch.manual_seed(0)
     model = InterestModel(InterestConfig(n_events=1, text_dim=384, dropout=0.0)).eval()
