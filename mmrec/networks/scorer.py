@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ScorerConfig", "MLPScorer"]
@@ -55,18 +56,17 @@ class MLPScorer(nn.Module):
 
     def logits(self, interest: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` logits. The MLP's first layer reads ``[u, v, u * v, u . v]``; it is computed without building
-        that ``(B, C, 3D + 1)`` input: ``W [u; v; u*v; dot] = W_u u + (W_v + W_uv diag(u)) v + w_dot dot``, the
-        user's parts once per user, one ``(C, D) @ (D, H)`` product per user for the items (a third of the work,
-        and no copy of the candidates)."""
-        first, d = self.mlp[0], self.config.dim
-        w_u, w_v, w_uv, w_dot = first.weight[:, :d], first.weight[:, d : 2 * d], first.weight[:, 2 * d : 3 * d], \
-            first.weight[:, 3 * d]
-        dot = (items @ interest.unsqueeze(-1)).squeeze(-1)  # (B, C)
-        per_user = w_v + w_uv * interest.unsqueeze(1)  # (B, H, D)
-        hidden = items @ per_user.transpose(1, 2)  # (B, C, H)
-        hidden = hidden + (interest @ w_u.T + first.bias).unsqueeze(1) + dot.unsqueeze(-1) * w_dot
-        correction = self.mlp[3](self.mlp[2](self.mlp[1](hidden))).squeeze(-1)
-        return self.dot_weight * dot + correction + self.bias
+        that ``(B, C, 3D + 1)`` input: ``W [u; v; u*v; dot] = W_u u + (W_v + (W_uv + w_dot) diag(u)) v``, the user's
+        parts once per user, then one ``(C, D) @ (D, H + 1)`` product per user for the items, whose extra column
+        (``u`` itself) is the dot product (a third of the work, and no copy of the candidates)."""
+        first, d, h = self.mlp[0], self.config.dim, self.config.hidden
+        w = first.weight
+        u = interest.unsqueeze(1)  # (B, 1, D)
+        per_user = torch.cat([w[:, d : 2 * d] + (w[:, 2 * d : 3 * d] + w[:, 3 * d, None]) * u, u], dim=1)  # (B, H+1, D)
+        offset = F.pad(interest @ w[:, :d].T + first.bias, (0, 1)).unsqueeze(1)  # (B, 1, H + 1)
+        out = torch.baddbmm(offset, items, per_user.transpose(1, 2))  # (B, C, H + 1): first layer | u . v
+        correction = self.mlp[3](self.mlp[2](self.mlp[1](out[..., :h]))).squeeze(-1)
+        return self.dot_weight * out[..., h] + correction + self.bias
 
     def probability(self, interest: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(interest, items))
