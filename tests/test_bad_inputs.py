@@ -302,7 +302,7 @@ add("train-unknown-item", "error", "pass unknown_items='drop'", train_with(H + "
 add("train-unknown-items-value", "error", "unknown_items", train_with(unknown_items="maybe"))
 add("train-context-without-text-column", "error", "context events need user_id, item_id, timestamp and one of",
     train_with(context="user_id,item_id,timestamp\n1,1,5\n"))
-add("train-context-missing-columns", "error", "lacks column(s) ['timestamp']",
+add("train-context-missing-columns", "error", "lacks column(s) ['timestamp (or seq_index)']",
     train_with(context="user_id,item_id,tag\n1,1,funny\n"))
 add("train-missing-store", "error", "",
     lambda c: train_store(c.tmp / "nostore", c.folder / "interactions.csv", log=None))
@@ -375,7 +375,7 @@ for case_id, outcome, expect, name, content, check in [
     ("text-on-interaction", "fallback", "row 1: text on an event that carries none", "e.csv",
      E + "1,1,2000000000,interaction,great\n", None),
     ("blank-user", "fallback", "row 1: empty user_id", "e.csv", E + "  ,1,2000000000,interaction,\n", None),
-    ("missing-columns", "error", "lacks column(s) ['timestamp']", "e.csv", "user_id,item_id\n1,1\n", None),
+    ("missing-columns", "error", "lacks column(s) ['timestamp (or seq_index)']", "e.csv", "user_id,item_id\n1,1\n", None),
     ("non-utf8", "error", "line 2 (byte 0xe9) is not UTF-8", "e.csv", E.encode() + b"1,1,5,tag,caf\xe9\n", None),
     ("empty-file", "error", "the file is empty", "e.csv", "", None),
     ("extra-field", "error", "line 2 has 6 fields", "e.csv", E + "1,1,2000000000,interaction,,x\n", None),
@@ -491,7 +491,7 @@ add("cli-refresh-nothing-to-do", "error", "give --events FILE, --rebuild, or bot
     command("refresh", "--store", "{store}"))
 add("cli-refresh-missing-events", "error", "--events",
     command("refresh", "--store", "{store}", "--events", "{tmp}/x.csv"))
-add("cli-refresh-missing-columns", "error", "lacks column(s) ['timestamp']",
+add("cli-refresh-missing-columns", "error", "lacks column(s) ['timestamp (or seq_index)']",
     command("refresh", "--store", "{store}", "--events", "{e}", files={"e.csv": "user_id,item_id\n1,1\n"}))
 add("cli-refresh-rejected-rows", "fallback", "rejected: row 2 (user 1, item 999999): unknown item_id",
     command("refresh", "--store", "{store}", "--events", "{e}",

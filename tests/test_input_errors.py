@@ -188,7 +188,7 @@ def test_refresh_cli_exits_3_when_rows_are_rejected_and_1_on_invalid_input(train
     code = main(["refresh", "--store", str(store_dir), "--events", str(tmp_path / "no-timestamps.csv"), "--json"])
     out, err = capsys.readouterr()
     assert code == EXIT_FAILED == 1
-    assert "error: events file lacks column(s) ['timestamp']" in err
+    assert "error: events file lacks column(s) ['timestamp (or seq_index)']" in err
     assert json.loads(out.strip().splitlines()[-1])["exit"] == 1  # --json: an error object, not a summary
     assert Store(store_dir).user_events(["cli-failed"])["cli-failed"] == []
 

@@ -47,7 +47,10 @@ class Behaviour:
 
     @cached_property
     def gaps(self) -> np.ndarray:
-        """``(E,)`` gap bucket of each event: time since the user's previous event (first event: 0)."""
+        """``(E,)`` gap bucket of each event: time since the user's previous event (first event: 0); all 0 when
+        events are ordered without time (``seq_index``)."""
+        if not self.split.timed:
+            return np.zeros(len(self.item), np.int64)
         previous = np.concatenate([[0], self.timestamp[:-1]])
         first = np.zeros(len(self.item), dtype=bool)
         first[self.offsets[:-1][self.offsets[:-1] < len(self.item)]] = True

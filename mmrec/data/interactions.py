@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..io.events import DEFAULT_EVENT
 from ..io.tables import TableSource, read_table, require_columns
-from ..io.values import MAX_LISTED, first_rows, id_strings, row_numbers, sort_ranks, timestamps
+from ..io.values import MAX_LISTED, first_rows, id_strings, row_numbers, sort_ranks, timestamps, with_time_column
 
 __all__ = ["DEFAULT_EVENT", "ItemIndex", "Interactions", "load_interactions"]
 
@@ -126,6 +126,8 @@ class Interactions:
     items: ItemIndex
     n_dropped: int = 0
     n_repeated: int = 0
+    #: False when the input ordered events by ``seq_index`` instead of timestamps (an order, not time)
+    timed: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.user)
@@ -196,7 +198,7 @@ def load_interactions(
 
     Args:
         source: CSV/TSV/Parquet/JSON-lines path or a DataFrame with columns ``user_id``, ``item_id``,
-            ``timestamp`` and optionally ``event`` (string). Other columns (e.g. ``rating``) are ignored.
+            ``timestamp`` (or, without it, ``seq_index``: an order, no time) and optionally ``event`` (string). Other columns (e.g. ``rating``) are ignored.
             Without an ``event`` column every row is event ``"interaction"``.
         items: the catalogue; ``item`` indices refer to it.
         event_vocab: fixed event vocabulary (e.g. the one a model was trained with); an unknown event name then
@@ -226,6 +228,7 @@ def load_interactions(
 
 def _interactions_from_frame(df: pd.DataFrame, items: ItemIndex, event_vocab: Sequence[str] | None,
                              unknown_items: str) -> Interactions:
+    df, timed = with_time_column(df)
     require_columns(df, ["user_id", "item_id", "timestamp"], "interactions")
     df = df.reset_index(drop=True)
 
@@ -278,6 +281,7 @@ def _interactions_from_frame(df: pd.DataFrame, items: ItemIndex, event_vocab: Se
         items=items,
         n_dropped=n_dropped,
         n_repeated=int(repeat.sum()),
+        timed=timed,
     )
 
 

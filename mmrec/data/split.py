@@ -103,6 +103,8 @@ class Split:
     user_ids: tuple[str, ...]
     items: ItemIndex
     event_names: tuple[str, ...]
+    #: False when events are ordered by ``seq_index``, not time (:attr:`Interactions.timed`)
+    timed: bool = True
 
     @property
     def n_users(self) -> int:
@@ -168,6 +170,7 @@ class Split:
             user_ids=tuple(self.user_ids[p] for p in positions.tolist()),
             items=self.items,
             event_names=self.event_names,
+            timed=self.timed,
         )
 
 
@@ -210,6 +213,7 @@ def leave_one_out(inter: Interactions, min_interactions: int = 5) -> Split:
         user_ids=tuple(inter.user_ids[u] for u in kept.tolist()),
         items=inter.items,
         event_names=inter.event_names,
+        timed=inter.timed,
     )
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..encoders.preprocess import clean_behaviour_texts
 from .tables import TableSource, read_table, separator_hint
-from .values import ids_or_empty, readable_timestamps
+from .values import ORDER_COLUMN, ids_or_empty, readable_timestamps, with_time_column
 
 __all__ = ["DEFAULT_EVENT", "TEXT_COLUMNS", "EventTable", "read_events"]
 
@@ -37,6 +37,8 @@ class EventTable:
     - ``text``: the first of :data:`TEXT_COLUMNS` present, cleaned as behaviour text (``""`` where empty);
       ``text_column`` names it (``None``: the file has no text column, every text is ``""``).
     - ``columns``: the file's columns.
+    - ``timed``: ``False`` when the file orders events by :data:`~mmrec.io.values.ORDER_COLUMN` instead of a
+      ``timestamp`` (read into ``timestamp``: an order, not time).
     """
 
     user_id: np.ndarray
@@ -47,6 +49,7 @@ class EventTable:
     text: np.ndarray
     text_column: str | None
     columns: tuple[str, ...]
+    timed: bool = True
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -58,15 +61,17 @@ class EventTable:
 
 def read_events(source: TableSource, *, need_text: bool = False) -> EventTable:
     """Read ``source`` (a file in any format :func:`mmrec.io.tables.read_table` reads, or a DataFrame) with columns
-    ``user_id``, ``item_id``, ``timestamp`` and optionally ``event`` and one of :data:`TEXT_COLUMNS`.
+    ``user_id``, ``item_id``, ``timestamp`` (or, without it, an order: ``seq_index``) and optionally ``event`` and one
+    of :data:`TEXT_COLUMNS`.
 
     Raises ``ValueError`` naming the file and the columns it has when one of the three is missing, or when
     ``need_text`` and no text column is present."""
-    frame = read_table(source)
+    frame, timed = with_time_column(read_table(source))
     name = "the events" if isinstance(source, pd.DataFrame) else source
     text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
     if missing:
+        missing = [f"timestamp (or {ORDER_COLUMN})" if c == "timestamp" else c for c in missing]
         raise ValueError(f"events file lacks column(s) {missing} in {name} (columns: {list(frame.columns)})"
                          f"{separator_hint(frame.columns)}")
     if need_text and text_column is None:
@@ -83,4 +88,5 @@ def read_events(source: TableSource, *, need_text: bool = False) -> EventTable:
         text=np.asarray(texts, dtype=object),
         text_column=text_column,
         columns=tuple(frame.columns),
+        timed=timed,
     )

@@ -13,13 +13,26 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["INT64_LIMIT", "MAX_LISTED", "first_rows", "row_numbers", "id_string", "id_strings", "ids_or_empty",
+__all__ = ["INT64_LIMIT", "MAX_LISTED", "ORDER_COLUMN", "first_rows", "with_time_column", "row_numbers", "id_string", "id_strings", "ids_or_empty",
            "timestamps", "readable_timestamps", "unix_seconds", "sort_ranks", "sort_ids"]
 
 MAX_LISTED = 10
 """How many offending ids/rows an error message lists."""
 INT64_LIMIT = 2.0**63
 """Timestamps are int64 unix seconds; a float beyond this range would wrap to int64 min when cast."""
+
+
+ORDER_COLUMN = "seq_index"
+"""An events file without a ``timestamp`` column may order each user's events by this one instead: integers whose
+order is all that is read (no time passes between events: models leave out time-gap features)."""
+
+
+def with_time_column(frame: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """``frame`` with its ``timestamp`` column, and whether that column holds time: its own ``timestamp``
+    (``True``), or its :data:`ORDER_COLUMN` renamed ``timestamp`` (``False``: an order, not time)."""
+    if "timestamp" in frame.columns or ORDER_COLUMN not in frame.columns:
+        return frame, True
+    return frame.rename(columns={ORDER_COLUMN: "timestamp"}), False
 
 
 def first_rows(mask: np.ndarray) -> list[int]:

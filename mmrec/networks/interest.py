@@ -25,6 +25,7 @@ class InterestConfig:
         n_events: event-type vocabulary size (fixed at training time).
         text_dim: size of event-text vectors, the text encoder's width (0 = events carry no text).
         n_gap_buckets: time-gap buckets (see :func:`mmrec.data.batch.gap_buckets`).
+        use_gaps: ``False`` leaves the time-gap embedding out of the inputs (data ordered without time).
         dropout: on the GRU inputs and outputs.
     """
 
@@ -34,6 +35,7 @@ class InterestConfig:
     text_dim: int = 384
     n_gap_buckets: int = 28
     dropout: float = 0.2
+    use_gaps: bool = True
 
     def __post_init__(self) -> None:
         if self.n_events < 1:
@@ -82,7 +84,9 @@ class InterestModel(nn.Module):
     ) -> torch.Tensor:
         """GRU inputs ``(..., D)`` from item vectors ``(..., D)``, event ids and gap buckets ``(...)`` and optional
         event text ``(..., T)`` with its presence mask ``(...)``."""
-        x = item_vectors + self.event_embedding(events) + self.gap_embedding(gaps)
+        x = item_vectors + self.event_embedding(events)
+        if self.config.use_gaps:
+            x = x + self.gap_embedding(gaps)
         if self.text_proj is not None and text is not None:
             projected = self.text_proj(text)
             if has_text is not None:
