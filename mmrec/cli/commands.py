@@ -77,11 +77,13 @@ def embed_command(args: argparse.Namespace) -> int:
 def _bind_id_key(args: argparse.Namespace) -> None:
     """Embedding reads no users: a key given here marks a store without users as pseudonymised (so a later run
     without the key fails rather than storing raw ids), and a wrong one fails now."""
-    from ..pseudonym import bind_id_key
+    from ..pseudonym import bind_id_key, resolve_id_key
     from ..store import Store
 
-    with Store(args.store, create=False) as store:
-        bind_id_key(store, args.id_key)
+    key = resolve_id_key(args.id_key)
+    if key is not None:
+        with Store(args.store, create=False) as store:
+            bind_id_key(store, key)
 
 
 def _update_index(store: Path) -> None:

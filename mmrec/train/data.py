@@ -49,6 +49,11 @@ def _context_events(path, split: Split, items: ItemIndex, store: Store, text_enc
     rows dropped (unknown user or item, empty text, bad timestamp, a repeat of an earlier row). ``event_names``:
     a trained model's event vocabulary, which the events' codes must follow (an event it lacks is an error)."""
     table = read_events(path, need_text=True)
+    if table.timed != split.timed:  # an order and a time cannot be interleaved
+        kinds = {True: "timestamp", False: "seq_index"}
+        raise ValueError(f"{path if isinstance(path, (str, Path)) else 'context events'}: ordered by "
+                         f"{kinds[table.timed]}, but the interactions by {kinds[split.timed]}: give both the same "
+                         "column")
     # Without an `event` column the event is named after the text column: tags.csv rows are "tag" events.
     events = table.event_names(table.text_column)
     user_pos = pd.Index(split.user_ids).get_indexer(table.user_id)

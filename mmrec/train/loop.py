@@ -53,7 +53,8 @@ def sized_config(config: ModelConfig, data: TrainingData) -> ModelConfig:
                      text_dim=data.features.text.shape[1] or config.fusion.text_dim,
                      image_dim=data.features.image.shape[1] or config.fusion.image_dim)
     interest = replace(config.interest, n_events=len(data.event_names),
-                       text_dim=data.text_table.shape[1] if len(data.text_table) else 0, item_dim=fusion.item_dim)
+                       text_dim=data.text_table.shape[1] if len(data.text_table) else 0, item_dim=fusion.item_dim,
+                       use_gaps=data.split.timed)
     return replace(config, fusion=fusion, interest=interest, scorer=replace(config.scorer, dim=fusion.item_dim))
 
 
