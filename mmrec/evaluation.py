@@ -42,6 +42,7 @@ from .data.split import Stage
 __all__ = [
     "LIST_LENGTH",
     "METRICS",
+    "NEW_ITEM_METRICS",
     "BootstrapResult",
     "EvalResult",
     "Ranker",
@@ -57,6 +58,8 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10")
 """Metric names, in report order."""
+NEW_ITEM_METRICS: tuple[str, ...] = ("new_recall@20", "new_ndcg@10")
+"""Cold users' metrics with the target ranked among new items only (``EvalResult.cold_metrics``, prefixed ``cold_``)."""
 
 LIST_LENGTH = 10
 """Length of each user's top list that :func:`evaluate` keeps (``EvalResult.top_items``)."""
@@ -184,7 +187,9 @@ class EvalResult:
     - ``per_user``: ``(n_users,) float64`` per metric, plus ``"rank"`` (the target's rank), aligned with
       ``users`` — pass two models' arrays to :func:`paired_bootstrap`.
     - ``users``: split positions evaluated; ``is_cold``: ``(n_users,) bool``, target never in training.
-    - ``cold_metrics``: the same means over the cold users only, keys prefixed ``cold_`` (NaN if none).
+    - ``cold_metrics``: the same means over the cold users only, keys prefixed ``cold_`` (NaN if none), and
+      ``cold_new_*`` (:data:`NEW_ITEM_METRICS`): the cold users' targets ranked among the items never seen in
+      training only, how well a model ranks new items against each other (content kNN's home ground).
     - ``top_items``: ``(n_users, LIST_LENGTH) int64`` each user's best items among those ranked (the history
       excluded but the target), best first, ``-1`` past the rankable items (:func:`top_items`); aligned with
       ``users``. What :mod:`mmrec.beyond`'s coverage, Gini, intra-list diversity and novelty read.
@@ -217,9 +222,10 @@ class EvalResult:
         return flat
 
 
-def _mean(values: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "") -> dict[str, float]:
+def _mean(values: dict[str, np.ndarray], mask: np.ndarray, prefix: str = "",
+          names: tuple[str, ...] = METRICS) -> dict[str, float]:
     n = int(mask.sum())
-    return {f"{prefix}{m}": float(values[m][mask].mean()) if n else float("nan") for m in METRICS}
+    return {f"{prefix}{m}": float(values[m][mask].mean()) if n else float("nan") for m in names}
 
 
 def evaluate(
@@ -260,10 +266,11 @@ def evaluate(
     history = split.history(stage)  # once: building it copies every event
     targets = split.target(stage)
     n_items = split.n_items
-    ranks = np.empty(len(rows), dtype=np.float64)
-    tied = np.empty(len(rows), dtype=np.float64)
+    ranks, tied = np.empty(len(rows), dtype=np.float64), np.empty(len(rows), dtype=np.float64)
+    new_ranks, new_tied = np.empty(len(rows), dtype=np.float64), np.empty(len(rows), dtype=np.float64)
     top = np.empty((len(rows), LIST_LENGTH), dtype=np.int64)
     device = _device_of(model) if device is None else torch.device(device)
+    trained = torch.from_numpy(split.train_item_mask()).to(device)
     model.eval()
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
@@ -287,13 +294,21 @@ def evaluate(
             tied[start : start + len(chunk)] = batch_tied.cpu().numpy()
             ranks[start : start + len(chunk)] = 1.0 + batch_greater.cpu().numpy()
             top[start : start + len(chunk)] = top_items(scores.float(), rankable.to(scores.device))
+            # among new items only (what the cold users' rows are read for; other rows' targets are masked here)
+            new_greater, new_tie = tie_counts(scores.float(), target.to(scores.device),
+                                              (exclude | trained).to(scores.device))
+            new_ranks[start : start + len(chunk)] = 1.0 + new_greater.cpu().numpy()
+            new_tied[start : start + len(chunk)] = new_tie.cpu().numpy()
     if tie_rule is TieRule.EXPECTED:
         ranks += tied / 2.0
-        per_user = metrics_from_ranks(ranks, tied)
+        new_ranks += new_tied / 2.0
+        per_user, new_per_user = metrics_from_ranks(ranks, tied), metrics_from_ranks(new_ranks, new_tied)
     else:
         ranks += tied
-        per_user = metrics_from_ranks(ranks)
+        new_ranks += new_tied
+        per_user, new_per_user = metrics_from_ranks(ranks), metrics_from_ranks(new_ranks)
     is_cold = ~split.train_item_mask()[targets[rows]]
+    new_names = tuple(m.removeprefix("new_") for m in NEW_ITEM_METRICS)
     everyone = np.ones(len(rows), dtype=bool)
     return EvalResult(
         stage=stage,
@@ -301,7 +316,8 @@ def evaluate(
         per_user={**per_user, "rank": ranks},
         users=rows,
         is_cold=is_cold,
-        cold_metrics=_mean(per_user, is_cold, prefix="cold_"),
+        cold_metrics={**_mean(per_user, is_cold, prefix="cold_"),
+                      **_mean(new_per_user, is_cold, prefix="cold_new_", names=new_names)},
         tie_rule=tie_rule.value,
         top_items=top,
     )

@@ -152,7 +152,13 @@ def test_cold_users_and_subsets():
     result = evaluate(_fixed(scores), build_behaviour(split), "test")
     assert split.cold_test_users().tolist() == [1]
     assert result.n_cold_users == 1 and result.is_cold.tolist() == [False, True]
-    assert result.cold_metrics == {f"cold_{m}": result.per_user[m][1] for m in METRICS}
+    assert {k: v for k, v in result.cold_metrics.items() if not k.startswith("cold_new_")} == \
+        {f"cold_{m}": result.per_user[m][1] for m in METRICS}
+    # among new items only: the items ranked above user 1's target, less those seen in training or in the history
+    above = set(np.flatnonzero(scores[1].numpy() > scores[1, 20].item())) - set(np.flatnonzero(split.train_item_mask()))
+    above -= {1, 5, 6, 7}
+    assert result.cold_metrics["cold_new_ndcg@10"] == pytest.approx(1 / np.log2(len(above) + 2))
+    assert result.cold_metrics["cold_new_recall@20"] == 1.0
     sub = evaluate(_fixed(scores), build_behaviour(split), "test", users=np.array([0]))
     assert sub.n_users == 1 and sub.n_cold_users == 0 and math.isnan(sub.cold_metrics["cold_ndcg@10"])
     assert sub.to_dict()["cold_ndcg@10"] is None

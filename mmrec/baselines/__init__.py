@@ -1,4 +1,4 @@
-"""ID-only baselines (popularity, BPR, GRU4Rec, SASRec): networks on the contract every mmrec model shares
+"""Baselines: ID-only (popularity, BPR, GRU4Rec, SASRec) and content kNN, networks on the contract every mmrec model shares
 (:mod:`mmrec.baselines.base`); :func:`mmrec.train.baselines.fit_baseline` trains them.
 
 Example::
@@ -11,25 +11,34 @@ Example::
 
 from __future__ import annotations
 
+import torch
+
 from ..data.split import Split
 from .base import BaselineModel, SequentialBaseline
 from .bpr import BPR, BPRConfig, PairBatch, PairData
+from .content_knn import ContentKNN
 from .gru4rec import GRU4Rec, GRU4RecConfig
 from .popularity import Popularity
 from .sasrec import SASRec, SASRecConfig
 
 __all__ = [
-    "BASELINES", "BPR", "BPRConfig", "BaselineModel", "GRU4Rec", "GRU4RecConfig", "PairBatch", "PairData",
+    "BASELINES", "BPR", "BPRConfig", "BaselineModel", "ContentKNN", "GRU4Rec", "GRU4RecConfig", "PairBatch", "PairData",
     "Popularity", "SASRec", "SASRecConfig", "SequentialBaseline", "build_baseline",
 ]
 
-BASELINES: tuple[str, ...] = ("pop", "bpr", "gru4rec", "sasrec")
+BASELINES: tuple[str, ...] = ("pop", "bpr", "gru4rec", "sasrec", "content-knn")
 """Names accepted by :func:`build_baseline`."""
 
 
-def build_baseline(name: str, split: Split) -> BaselineModel:
-    """A baseline with its default config, sized for ``split`` (seed torch first to fix its initial weights)."""
+def build_baseline(name: str, split: Split, content: torch.Tensor | None = None) -> BaselineModel:
+    """A baseline with its default config, sized for ``split`` (seed torch first to fix its initial weights).
+    ``content (n_items, T)``: the items' content vectors, which ``"content-knn"`` ranks by
+    (:func:`mmrec.beyond.content_vectors` of the store's features)."""
     key = name.strip().lower()
+    if key == "content-knn":
+        if content is None:
+            raise ValueError("content-knn ranks items by their content: pass content=(n_items, dim) vectors")
+        return ContentKNN(content)
     if key == "pop":
         return Popularity(split.n_items)
     if key == "bpr":

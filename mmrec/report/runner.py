@@ -68,7 +68,7 @@ def _split_metrics(result: EvalResult, data: TrainingData) -> dict[str, dict[str
 def _run_baseline(name: str, data: TrainingData, seed: int, config: QualityConfig) -> dict:
     seed_everything(seed)
     device = resolve_device(config.device)
-    model = build_baseline(name, data.split)
+    model = build_baseline(name, data.split, content_vectors(data.features))
     fitted = fit_baseline(model, data.split, BaselineTrainConfig(
         epochs=config.baseline_epochs, patience=config.baseline_patience, seed=seed, progress=False,
         device=str(device)))
@@ -236,7 +236,7 @@ def run_report(
     rows naming items the store does not hold. ``id_key``: a pseudonymised store's key (``None``: ``MMREC_ID_KEY``),
     needed to leave its forgotten users out."""
     config = config or QualityConfig()
-    key = bind_id_key(store, id_key)
+    key = bind_id_key(store, id_key) if store is not None else None  # None: the report rebuilt from its runs
     if train:
         _check_store_has(store, config.models)
     out = Path(out)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmrec.baselines import BPR, GRU4Rec, PairData, Popularity, SASRec, build_baseline
+from mmrec.baselines import BPR, ContentKNN, GRU4Rec, PairData, Popularity, SASRec, build_baseline
+from mmrec.data.batch import SequenceBatch
 from mmrec.data import ItemIndex, build_behaviour, leave_one_out, load_interactions
 from mmrec.evaluation import evaluate
 from mmrec.train.baselines import BaselineTrainConfig, fit_baseline
@@ -112,3 +113,17 @@ def test_sequential_models_are_causal_and_ignore_padding(split, cls):
     assert scores.shape == (4, split.n_items)
     last = hidden[torch.arange(4), batch.lengths - 1]
     assert torch.allclose(scores, last @ model.item_vectors().T, atol=1e-5)
+
+
+def test_content_knn_profiles_weigh_recent_events_more():
+    content = torch.eye(3)
+    knn = ContentKNN(content, half_life=1.0, max_len=4)
+    batch = SequenceBatch(items=torch.tensor([[0, 0, 1, 3]]), events=torch.zeros(1, 4, dtype=torch.long),
+                          gaps=torch.zeros(1, 4, dtype=torch.long), texts=torch.full((1, 4), -1),
+                          lengths=torch.tensor([3]), users=torch.tensor([0]), n_items=3)
+    # weights 0.25, 0.5 (item 0) and 1 (item 1, the last): the profile leans to item 1, item 2 is orthogonal
+    expected = torch.nn.functional.normalize(torch.tensor([[0.75, 1.0, 0.0]]), dim=1)
+    torch.testing.assert_close(knn.scores(batch), expected)
+    with pytest.raises(ValueError, match="content-knn ranks items by their content"):
+        build_baseline("content-knn", None)
+
