@@ -6,10 +6,13 @@ Data flows one way (docs/architecture.md): files -> rows (:mod:`mmrec.io`) -> in
 
 - :func:`embed_catalog` / :class:`Store`: catalogue items -> stored text and image features.
 - :func:`train_store`, :func:`evaluate_store`, :func:`refresh_store`: the training, evaluation and batch-refresh jobs.
+- :func:`embed_catalog_ray`, :func:`refresh_store_ray` (:class:`RayConfig`): embedding and refresh on a Ray cluster
+  (``pip install 'mmrec[distributed]'``; Ray is imported only when they run).
 - :class:`Recommender`: score, recommend (exact or ANN, diverse, explained), observe and forget from Python;
   ``mmrec serve`` puts it behind HTTP.
 """
 
+from .distributed import RayConfig, RayNotInstalledError, embed_catalog_ray, refresh_store_ray
 from .embed import EmbedConfig, EmbedReport, embed_catalog
 from .forget import forget_users
 from .pseudonym import IdKey, IdKeyError
@@ -21,8 +24,9 @@ from .trained import ModelLoadError, TrainedModel
 
 __all__ = [
     "EmbedConfig", "EmbedReport", "IdKey", "IdKeyError", "IndexConfig", "ModelConfig", "ModelLoadError",
-    "NewItemPolicy", "Reason",
+    "NewItemPolicy", "RayConfig", "RayNotInstalledError", "Reason",
     "Recommender", "RefreshReport", "StaleModelError", "Store", "TrainConfig", "TrainedModel", "UserState",
-    "embed_catalog", "evaluate_store", "forget_users", "refresh_store", "train_store",
+    "embed_catalog", "embed_catalog_ray", "evaluate_store", "forget_users", "refresh_store", "refresh_store_ray",
+    "train_store",
 ]
 __version__ = "0.1.0"

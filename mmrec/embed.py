@@ -5,11 +5,15 @@ Change detection is per modality: ``text_hash = sha256(text encoder version, cle
 not touched; an item whose text alone changed gets only its text re-encoded. Work is committed in chunks, one
 SQLite transaction each, so an interrupted run loses at most the chunk in flight.
 
+A run is three steps per chunk, public so another engine can run the middle one elsewhere
+(:mod:`mmrec.distributed.ray_embed`): :func:`plan_chunk` (hashes, what to skip, keep or encode), :func:`encode_items`
+(the encoders) and :func:`commit_chunk` (one transaction).
+
 Stored image features are removed only when the catalogue says so: a row whose ``image_path`` is empty describes an
 item without an image. A run with images off, or on a catalogue without an ``image_path`` column, leaves every
 stored image as it is, and an image that cannot be used in this run (file missing or unreadable, undecodable, too many pixels)
 keeps the stored features it would have replaced, with a warning; only an item the store holds no image for falls
-back to text-only. Images are read only from regular files inside the images root (see :func:`_read_image`): a path
+back to text-only. Images are read only from regular files inside the images root (see :func:`read_image`): a path
 leading out of it (``..``, absolute, symlink), a FIFO or device, or a file over ``MAX_IMAGE_BYTES`` is such an
 unusable image.
 """
@@ -30,7 +34,9 @@ from .encoders.image import ImageEncoder, ImageEncoderConfig
 from .encoders.text import TextEncoder, TextEncoderConfig
 from .store import Store
 
-__all__ = ["EmbedConfig", "EmbedReport", "embed_catalog"]
+__all__ = ["ChunkPlan", "EmbedConfig", "EmbedReport", "ItemPlan", "catalog_images_root", "commit_chunk",
+           "count_modalities", "digest", "embed_catalog", "embed_encoders", "embed_text_config", "encode_items",
+           "plan_chunk", "read_image"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ class EmbedReport:
         return asdict(self)
 
 
-def _digest(*parts: bytes | str) -> str:
+def digest(*parts: bytes | str) -> str:
+    """The content hash of ``parts`` (an encoder version, then the text or the image bytes): hex SHA-256."""
     h = hashlib.sha256()
     for part in parts:
         h.update(part.encode() if isinstance(part, str) else part)
@@ -99,7 +106,7 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def _read_image(path: Path | None, root: Path) -> tuple[bytes | None, str | None]:
+def read_image(path: Path | None, root: Path) -> tuple[bytes | None, str | None]:
     """The bytes of a catalogued image, or why it cannot be used.
 
     Only a regular file inside the resolved images ``root`` is read, once ``..``, symlinks and absolute paths are
@@ -137,32 +144,57 @@ def embed_catalog(
     Encoders may be passed in to reuse loaded models across calls; otherwise they are built from ``config``.
     Stored image features survive runs with images off and images that fail in this run (see the module docstring).
     Raises ``ValueError`` for an invalid catalogue (missing ``item_id`` column, duplicate ids...) before
-    anything is written.
+    anything is written. :func:`mmrec.distributed.embed_catalog_ray` runs the same plan on a Ray cluster.
     """
     config = config or EmbedConfig()
     rows = read_catalog(catalog, config.text_columns, config.images_root, config.use_images)
     store = store if isinstance(store, Store) else Store(store)
-    if text_encoder is None:  # an int8 text model is built once per store, beside it, unless told otherwise
-        text_config = config.text
-        if text_config.cache_dir is None:
-            text_config = replace(text_config, cache_dir=store.path / "encoders")
-        text_encoder = TextEncoder(text_config)
-    if config.use_images and image_encoder is None:
-        image_encoder = ImageEncoder(config.image)
-    elif not config.use_images:
-        image_encoder = None
+    text_encoder, image_encoder = embed_encoders(config, store, text_encoder, image_encoder)
     report = EmbedReport()
     stored_hashes = store.item_hashes()
     stored_modalities = store.stored_modalities()
     show = config.show_progress if config.show_progress is not None else len(rows) > 100
-    # Images are read only from inside this folder (resolved, so symlinks in the root's own path are fine).
-    images_root = Path(config.images_root if config.images_root is not None else Path(catalog).parent).resolve()
+    images_root = catalog_images_root(catalog, config)
+    image_version = image_encoder.version if image_encoder is not None else None
     with tqdm(total=len(rows), desc="embedding", unit="item", disable=not show) as bar:
         for start in range(0, len(rows), config.chunk_size):
             chunk = rows[start : start + config.chunk_size]
-            _embed_chunk(chunk, store, text_encoder, image_encoder, stored_hashes, stored_modalities, report,
-                         images_root)
+            plan = plan_chunk(chunk, text_encoder.version, image_version, stored_hashes, stored_modalities,
+                              images_root)
+            texts, images = encode_items([(p.row.item_id, p.row.text) for p in plan.need_text],
+                                         [(p.row.item_id, p.new_image) for p in plan.need_image],
+                                         text_encoder, image_encoder)
+            commit_chunk(plan, texts, images, store, stored_hashes, stored_modalities, report)
             bar.update(len(chunk))
+    count_modalities(rows, stored_modalities, report)
+    return report
+
+
+def embed_encoders(config: EmbedConfig, store: Store, text_encoder: TextEncoder | None = None,
+                   image_encoder: ImageEncoder | None = None) -> tuple[TextEncoder, ImageEncoder | None]:
+    """The encoders a run of ``config`` on ``store`` uses (those given, else built: building loads no model); the
+    image encoder is ``None`` when images are off."""
+    if text_encoder is None:  # an int8 text model is built once per store, beside it, unless told otherwise
+        text_encoder = TextEncoder(embed_text_config(config, store))
+    if not config.use_images:
+        return text_encoder, None
+    return text_encoder, image_encoder if image_encoder is not None else ImageEncoder(config.image)
+
+
+def embed_text_config(config: EmbedConfig, store: Store) -> TextEncoderConfig:
+    """``config.text`` with the int8 model cache inside the store unless it names another."""
+    if config.text.cache_dir is None:
+        return replace(config.text, cache_dir=store.path / "encoders")
+    return config.text
+
+
+def catalog_images_root(catalog: str | Path, config: EmbedConfig) -> Path:
+    """The folder images are read from, resolved (so symlinks in the root's own path are fine)."""
+    return Path(config.images_root if config.images_root is not None else Path(catalog).parent).resolve()
+
+
+def count_modalities(rows: Sequence[CatalogRow], stored_modalities: dict[str, set[str]], report: EmbedReport) -> None:
+    """Count the catalogue's items stored text-only and image-only after the run into ``report``."""
     rejected = {r["item_id"] for r in report.rejected}
     for row in rows:
         modalities = stored_modalities.get(row.item_id)
@@ -170,11 +202,10 @@ def embed_catalog(
             continue
         report.text_only += modalities == {"text"}
         report.image_only += modalities == {"image"}
-    return report
 
 
 @dataclass
-class _Plan:
+class ItemPlan:
     """What one catalogue row should leave in the store."""
 
     row: CatalogRow
@@ -186,7 +217,24 @@ class _Plan:
     problem: str | None = None  # why the catalogued image is unusable, for an item the store has no image for
 
 
-def _keep_stored_image(plan: _Plan, stored_hash: str | None, report: EmbedReport, problem: str | None) -> None:
+@dataclass
+class ChunkPlan:
+    """One chunk of catalogue rows planned against the store, before anything is encoded.
+
+    ``plans``: the rows to write (changed or new); ``need_text`` / ``need_image``: those of them whose text / image
+    must be encoded (the rest carry stored features over); ``report``: what planning found (unchanged rows,
+    rejections, kept images), merged into the run's report when the chunk commits, so the run reports the chunks
+    committed and in the catalogue's order whichever engine encodes them."""
+
+    plans: list[ItemPlan]
+    need_text: list[ItemPlan]
+    need_image: list[ItemPlan]
+    report: EmbedReport
+    text_version: str
+    image_version: str | None
+
+
+def _keep_stored_image(plan: ItemPlan, stored_hash: str | None, report: EmbedReport, problem: str | None) -> None:
     """Let ``plan`` carry the stored image over; ``problem`` (none when images are off) is warned and counted."""
     plan.image_hash, plan.new_image, plan.kept_image = stored_hash, None, True
     if problem:
@@ -203,20 +251,20 @@ def _plan_row(
     stored_modalities: dict[str, set[str]],
     report: EmbedReport,
     images_root: Path,
-) -> _Plan | None:
+) -> ItemPlan | None:
     """Decide what ``row`` should become before anything is encoded (``image_version=None``: images are off).
 
     Returns ``None`` for a rejected row (no text and no image to store)."""
-    plan = _Plan(row, _digest(text_version, row.text) if row.text else None)
+    plan = ItemPlan(row, digest(text_version, row.text) if row.text else None)
     stored_hash = stored_hashes.get(row.item_id, (None, None))[1]
     has_image = "image" in stored_modalities.get(row.item_id, ())
     if image_version is None or not row.image_listed:
         if has_image:
             _keep_stored_image(plan, stored_hash, report, None)
     elif row.image is not None:
-        image_bytes, problem = _read_image(row.image, images_root)
+        image_bytes, problem = read_image(row.image, images_root)
         if image_bytes is not None:
-            plan.image_hash, plan.image_ref = _digest(image_version, image_bytes), str(row.image)
+            plan.image_hash, plan.image_ref = digest(image_version, image_bytes), str(row.image)
             plan.new_image = image_bytes
         elif has_image:
             _keep_stored_image(plan, stored_hash, report, problem)
@@ -229,35 +277,76 @@ def _plan_row(
     return plan
 
 
-def _embed_chunk(
-    chunk: list[CatalogRow],
-    store: Store,
-    text_encoder: TextEncoder,
-    image_encoder: ImageEncoder | None,
+def plan_chunk(
+    chunk: Sequence[CatalogRow],
+    text_version: str,
+    image_version: str | None,
     stored_hashes: dict[str, tuple[str | None, str | None]],
     stored_modalities: dict[str, set[str]],
-    report: EmbedReport,
     images_root: Path,
-) -> None:
-    """Plan, encode and commit one chunk of rows (one transaction), updating the stored-state maps in place."""
-    image_version = image_encoder.version if image_encoder is not None else None
-    plans: list[_Plan] = []
+) -> ChunkPlan:
+    """Plan ``chunk`` against the stored hashes and modalities (``image_version=None``: images are off): hash each
+    row's text and image file (read here, from inside ``images_root`` only), skip rows whose hashes are stored, and
+    list what must be encoded. Reads no features and writes nothing."""
+    report = EmbedReport()
+    plans: list[ItemPlan] = []
     for row in chunk:
-        plan = _plan_row(row, text_encoder.version, image_version, stored_hashes, stored_modalities, report,
-                         images_root)
+        plan = _plan_row(row, text_version, image_version, stored_hashes, stored_modalities, report, images_root)
         if plan is None:
             continue
         if stored_hashes.get(row.item_id) == (plan.text_hash, plan.image_hash):
             report.unchanged += 1
             continue
         plans.append(plan)
+    # A modality whose hash matches the stored one is carried over from the store instead of re-encoded.
+    need_text = [p for p in plans if p.text_hash is not None and not (
+        p.text_hash == stored_hashes.get(p.row.item_id, (None, None))[0]
+        and "text" in stored_modalities.get(p.row.item_id, ()))]
+    # An image hash stored without features marks a file that failed before: it is not retried until it changes.
+    need_image = [p for p in plans
+                  if p.new_image is not None and p.image_hash != stored_hashes.get(p.row.item_id, (None, None))[1]]
+    return ChunkPlan(plans, need_text, need_image, report, text_version, image_version)
+
+
+def encode_items(texts: Sequence[tuple[str, str]], images: Sequence[tuple[str, bytes]], text_encoder: TextEncoder,
+                 image_encoder: ImageEncoder | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | str]]:
+    """Encode ``(item_id, text)`` and ``(item_id, image bytes)`` pairs, each encoder in its own batch size:
+    ``item_id -> (T,)`` text vectors, and ``item_id -> (I,)`` image features or the reason the image failed."""
+    vectors = text_encoder.encode([t for _, t in texts], show_progress=False) if texts else []
+    encoded_texts = {item_id: v for (item_id, _), v in zip(texts, vectors)}
+    encoded_images: dict[str, np.ndarray | str] = {}
+    if images:
+        result = image_encoder.encode_paths([b for _, b in images], show_progress=False)
+        for i, (item_id, _) in enumerate(images):
+            encoded_images[item_id] = result.features[i] if result.ok[i] else result.errors[i]
+    return encoded_texts, encoded_images
+
+
+def _merge(report: EmbedReport, part: EmbedReport) -> None:
+    report.unchanged += part.unchanged
+    report.images_kept += part.images_kept
+    report.rejected.extend(part.rejected)
+    report.warnings.extend(part.warnings)
+
+
+def commit_chunk(
+    plan: ChunkPlan,
+    texts: dict[str, np.ndarray],
+    images: dict[str, np.ndarray | str],
+    store: Store,
+    stored_hashes: dict[str, tuple[str | None, str | None]],
+    stored_modalities: dict[str, set[str]],
+    report: EmbedReport,
+) -> None:
+    """Write one planned chunk in one transaction, given its encoded ``texts`` and ``images`` (from
+    :func:`encode_items`, wherever it ran), and update the stored-state maps and ``report`` in place."""
+    _merge(report, plan.report)
+    plans = plan.plans
     if not plans:
         return
-
     ids = [p.row.item_id for p in plans]
     stored_text = store.features_for("text", ids)
     stored_image = store.features_for("image", ids)
-    # A modality whose hash matches the stored one is carried over from the store instead of re-encoded.
     text_features: dict[str, tuple[str, np.ndarray]] = {}
     image_features: dict[str, tuple[str, np.ndarray]] = {}
     for p in plans:
@@ -266,25 +355,16 @@ def _embed_chunk(
             text_features[p.row.item_id] = stored_text[p.row.item_id]
         if p.image_hash is not None and p.image_hash == old_image and p.row.item_id in stored_image:
             image_features[p.row.item_id] = stored_image[p.row.item_id]
-    need_text = [p for p in plans if p.text_hash is not None and p.row.item_id not in text_features]
-    # An image hash stored without features marks a file that failed before: it is not retried until it changes.
-    need_image = [
-        p for p in plans
-        if p.new_image is not None and p.image_hash != stored_hashes.get(p.row.item_id, (None, None))[1]
-    ]
-    if need_text:
-        vectors = text_encoder.encode([p.row.text for p in need_text], show_progress=False)
-        text_features.update({p.row.item_id: (text_encoder.version, v) for p, v in zip(need_text, vectors)})
-    if need_image:
-        result = image_encoder.encode_paths([p.new_image for p in need_image], show_progress=False)
-        for i, p in enumerate(need_image):
-            if result.ok[i]:
-                image_features[p.row.item_id] = (image_encoder.version, result.features[i])
-            elif p.row.item_id in stored_image:
-                _keep_stored_image(p, stored_hashes[p.row.item_id][1], report, f"{p.row.image}: {result.errors[i]}")
-                image_features[p.row.item_id] = stored_image[p.row.item_id]
-            else:
-                p.problem = f"{p.row.image}: {result.errors[i]}"
+    text_features.update({p.row.item_id: (plan.text_version, texts[p.row.item_id]) for p in plan.need_text})
+    for p in plan.need_image:
+        encoded = images[p.row.item_id]
+        if not isinstance(encoded, str):
+            image_features[p.row.item_id] = (plan.image_version, encoded)
+        elif p.row.item_id in stored_image:
+            _keep_stored_image(p, stored_hashes[p.row.item_id][1], report, f"{p.row.image}: {encoded}")
+            image_features[p.row.item_id] = stored_image[p.row.item_id]
+        else:
+            p.problem = f"{p.row.image}: {encoded}"
 
     kept_refs = store.image_refs([p.row.item_id for p in plans if p.kept_image])
     to_store = []

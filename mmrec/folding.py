@@ -103,6 +103,25 @@ class EventFolder:
         _, last = self.network.states(batch, self.item_vectors, states, table)
         return last, self.network.interest_model.interest(last)
 
+    @torch.inference_mode()
+    def step(self, model_id: str, user_ids: Sequence[str], events: dict[str, list[LogEvent]],
+             starts: dict[str, UserState | None]) -> list[UserState]:
+        """One GRU pass over the new ``events`` of ``user_ids`` from ``starts`` (their stored states; ``None``: the
+        initial state), stamped with ``model_id``, without writing anything: ``B`` users -> ``B`` states."""
+        if not user_ids:
+            return []
+        seqs = [self.sorted(events[u]) for u in user_ids]
+        init = self.network.interest_model.initial(len(user_ids)).clone()
+        for i, u in enumerate(user_ids):
+            if starts[u] is not None:
+                init[i] = torch.tensor(starts[u].state)
+        previous = [starts[u].last_timestamp if starts[u] else None for u in user_ids]
+        h, interest = self.advance(seqs, init.to(self.device), previous)
+        h, interest = h.cpu().numpy(), interest.cpu().numpy()
+        return [UserState(u, model_id, h[i], interest[i], seqs[i][-1][0],
+                          (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
+                for i, u in enumerate(user_ids)]
+
     def sorted(self, rows: Iterable[LogEvent]) -> list[LogEvent]:
         """``rows`` in training's time order: timestamp, interactions before text events, then item id, text and
         event."""

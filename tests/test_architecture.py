@@ -108,7 +108,7 @@ def test_serving_never_reaches_training(serving):
 def test_lower_layers_never_reach_train_serve_report_or_cli(lower):
     modules = [m for m in MODULES if m == lower or m.startswith(lower + ".")]
     upper = ("mmrec.train", "mmrec.serve", "mmrec.report", "mmrec.cli", "mmrec.demo", "mmrec.trained",
-             "mmrec.folding")
+             "mmrec.folding", "mmrec.distributed")
     for module in modules:
         reached = sorted(m for m in _reachable(module) if any(m == u or m.startswith(u + ".") for u in upper))
         assert not reached, f"{module} (a lower layer) imports {reached}"

@@ -11,6 +11,7 @@ from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EX
                       add_data_arguments, add_id_key_argument, add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail,
                       names_list, non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
                       require_file, require_folder, require_folder_or_absent, require_store, seed_int, seeds_list)
+from .engine import add_engine_arguments, engine_usage_error, ray_config
 
 
 # -- embed ----------------------------------------------------------------------------------------------------
@@ -32,6 +33,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default auto)")
     parser.add_argument("--device", type=device_type, default="auto",
                         help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    add_engine_arguments(parser, "encode items")
     add_id_key_argument(parser)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -41,6 +43,9 @@ def embed_command(args: argparse.Namespace) -> int:
     from ..encoders.image import ImageEncoder, ImageEncoderConfig
     from ..encoders.text import TextEncoder, TextEncoderConfig
 
+    if (problem := engine_usage_error(args)) is not None:
+        return fail(args, problem, EXIT_USAGE)
+    engine = ray_config(args) if args.engine == "ray" else None
     require_file("catalog", args.catalog)
     require_folder_or_absent("--store", args.store)
     if not args.no_images:  # a mistyped folder would quietly make every item text-only
@@ -57,7 +62,12 @@ def embed_command(args: argparse.Namespace) -> int:
     # missing ONNX Runtime fails (exit 1) before any write. Building loads no model.
     text_encoder = TextEncoder(text)
     image_encoder = ImageEncoder(image) if config.use_images else None
-    report = embed_catalog(args.catalog, args.store, config, text_encoder, image_encoder)
+    if engine is not None:
+        from ..distributed import embed_catalog_ray
+
+        report = embed_catalog_ray(args.catalog, args.store, config, engine)
+    else:
+        report = embed_catalog(args.catalog, args.store, config, text_encoder, image_encoder)
     _bind_id_key(args)
     for warning in report.warnings:
         print(f"warning: item {warning['item_id']} (row {warning['row']}): {warning['reason']}", file=sys.stderr)
@@ -184,6 +194,7 @@ def add_refresh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-users", type=positive_int, default=REFRESH_BATCH_USERS,
                         help="--events: users whose events are applied and committed per transaction (a kill loses "
                              f"at most the batch in flight; default {REFRESH_BATCH_USERS})")
+    add_engine_arguments(parser, "--events: fold users' events")
     add_id_key_argument(parser)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -193,10 +204,19 @@ def refresh_command(args: argparse.Namespace) -> int:
 
     if args.events is None and not args.rebuild:
         return fail(args, "give --events FILE, --rebuild, or both", EXIT_USAGE)
+    if (problem := engine_usage_error(args)) is not None:
+        return fail(args, problem, EXIT_USAGE)
+    engine = ray_config(args) if args.engine == "ray" else None
     require_store(args.store)
     require_file("--events", args.events)
-    report = refresh_store(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users,
-                           id_key=args.id_key)
+    if engine is not None:
+        from ..distributed import refresh_store_ray
+
+        report = refresh_store_ray(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users,
+                                   ray_config=engine, id_key=args.id_key)
+    else:
+        report = refresh_store(args.store, args.events, rebuild=args.rebuild, batch_users=args.batch_users,
+                               id_key=args.id_key)
     for rejected in report.rejected:
         print(f"rejected: row {rejected['row']} (user {rejected['user_id']}, item {rejected['item_id']}): "
               f"{rejected['reason']}", file=sys.stderr)

@@ -123,7 +123,7 @@ def read_catalog(
         text_columns: columns joined into the item text; default: every column but ``image_path`` and ids (``item_id``, ``*_id``).
         images_root: folder ``image_path`` is relative to; default: the catalogue file's folder. Absolute image
             paths are kept as they are here; embed reads only images inside this folder
-            (:func:`mmrec.embed._read_image`).
+            (:func:`mmrec.embed.read_image`).
         use_images: ``False`` ignores ``image_path`` (a text-only run).
 
     Raises ``ValueError`` naming the row for a missing ``item_id``, duplicate ids and unknown text columns.

@@ -46,7 +46,7 @@ from ..folding import EventFolder
 from ..forget import forget_users
 from ..io.values import id_string, unix_seconds
 from ..pseudonym import IdKey, bind_id_key
-from ..store import StaleModelError, Store, UserState
+from ..store import StaleModelError, Store
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .commit import GroupCommit
 from .diversity import POOL_FACTOR, mmr
@@ -362,10 +362,15 @@ class Recommender:
         strings; timestamps as unix seconds). Raises ``KeyError`` / ``ValueError`` naming the first row with an
         unknown item or event or an unreadable id or timestamp, and :class:`StaleModelError` (writing nothing) when
         the store was retrained since this model was loaded."""
+        return self._commits.submit(self.stored_rows(rows))
+
+    def stored_rows(self, rows: Sequence[tuple]) -> list[tuple[str, int, str, str, str]]:
+        """``rows`` as :meth:`apply_events` logs them: read by the model's rules (errors name the row), user ids
+        as the store holds them (pseudonyms under the id key). :mod:`mmrec.distributed` logs rows through here."""
         rows = self.rules.prepare(rows)
         if self.id_key:
             rows = [(u, *rest) for u, (_, *rest) in zip(self.id_key.pseudonyms(r[0] for r in rows), rows)]
-        return self._commits.submit(rows)
+        return rows
 
     def _commit(self, batches: list[list[tuple]]) -> list[dict[str, int]]:
         """Apply the rows of ``batches`` (already prepared) in one transaction; counts per batch."""
@@ -393,7 +398,7 @@ class Recommender:
                     recompute.append(user_id)
                 else:
                     step_users.append(user_id)
-            updates = self._step(step_users, by_user, {u: known[u][0] for u in step_users})
+            updates = self.folder.step(self.model_id, step_users, by_user, {u: known[u][0] for u in step_users})
             self.store.put_users(updates)
             if recompute:
                 self.folder.rebuild(self.model_id, recompute)
@@ -408,24 +413,6 @@ class Recommender:
                            "recomputed": len(batch_users & recomputed)})
             start += len(batch)
         return counts
-
-    @torch.inference_mode()
-    def _step(self, step_users: list[str], by_user: dict[str, list[tuple]], starts: dict[str, UserState | None]
-              ) -> list[UserState]:
-        """One GRU pass over the new events of ``step_users`` from ``starts`` (their states; ``None``: initial)."""
-        if not step_users:
-            return []
-        seqs = [self.folder.sorted(by_user[u]) for u in step_users]
-        init = self.model.interest_model.initial(len(step_users)).clone()
-        for i, u in enumerate(step_users):
-            if starts[u] is not None:
-                init[i] = torch.tensor(starts[u].state)
-        previous = [starts[u].last_timestamp if starts[u] else None for u in step_users]
-        h, interest = self.folder.advance(seqs, init.to(self.device), previous)
-        h, interest = h.cpu().numpy(), interest.cpu().numpy()
-        return [UserState(u, self.model_id, h[i], interest[i], seqs[i][-1][0],
-                          (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
-                for i, u in enumerate(step_users)]
 
     def forget(self, user_ids: Sequence) -> dict:
         """Delete ``user_ids``' events, states and the cached texts only they had, leave no trace of them in the

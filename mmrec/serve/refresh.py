@@ -14,7 +14,7 @@ from ..io.events import EventTable, read_events
 from ..store import StaleModelError
 from .recommender import Recommender
 
-__all__ = ["RefreshReport", "refresh_store", "validate_event_records", "validate_events"]
+__all__ = ["RefreshReport", "refresh_store", "user_batches", "validate_event_records", "validate_events"]
 
 
 @dataclass
@@ -104,20 +104,28 @@ def refresh_store(store_dir, events=None, rebuild: bool = False, batch_users: in
     raise AssertionError("unreachable")
 
 
+def user_batches(rec: Recommender, events, batch_users: int) -> tuple[list[list[tuple]], list[dict]]:
+    """The rows of an events file that a refresh applies, in batches of ``batch_users`` users (a user's rows
+    together, users in the order they first appear), and the rejected rows: what :func:`refresh_store` commits
+    batch by batch, and :func:`mmrec.distributed.refresh_store_ray` too."""
+    table = read_events(events)
+    rows, rejected = validate_events(table, rec)
+    rows, rejected = reject_forgotten(rec.store, table, rows, rejected, rec.id_key)  # `mmrec forget`
+    by_user: dict[str, list[tuple]] = {}
+    for row in rows:
+        by_user.setdefault(row[0], []).append(row)
+    users = list(by_user)
+    return ([[r for u in users[start : start + batch_users] for r in by_user[u]]
+             for start in range(0, len(users), batch_users)], rejected)
+
+
 def _refresh_once(store_dir, events, rebuild: bool, batch_users: int, id_key) -> RefreshReport:
     rec = Recommender.load(store_dir, device="cpu", id_key=id_key)
     try:
         report = RefreshReport()
         if events is not None:
-            table = read_events(events)
-            rows, report.rejected = validate_events(table, rec)
-            rows, report.rejected = reject_forgotten(rec.store, table, rows, report.rejected, rec.id_key)  # `mmrec forget`
-            by_user: dict[str, list[tuple]] = {}
-            for row in rows:
-                by_user.setdefault(row[0], []).append(row)
-            users = list(by_user)
-            for start in range(0, len(users), batch_users):
-                chunk = [r for u in users[start : start + batch_users] for r in by_user[u]]
+            batches, report.rejected = user_batches(rec, events, batch_users)
+            for chunk in batches:
                 counts = rec.apply_events(chunk)
                 report.users_refreshed += counts["users"]
                 report.events_applied += counts["applied"]
