@@ -116,11 +116,33 @@ class EventFolder:
             if starts[u] is not None:
                 init[i] = torch.tensor(starts[u].state)
         previous = [starts[u].last_timestamp if starts[u] else None for u in user_ids]
-        h, interest = self.advance(seqs, init.to(self.device), previous)
+        if all(len(s) == 1 for s in seqs):  # one new event each, as observe brings: one GRU cell step, no padding
+            h = self.step_one([s[0] for s in seqs], init.to(self.device), previous)
+            interest = self.network.interest_model.interest(h)
+        else:
+            h, interest = self.advance(seqs, init.to(self.device), previous)
         h, interest = h.cpu().numpy(), interest.cpu().numpy()
         return [UserState(u, model_id, h[i], interest[i], seqs[i][-1][0],
                           (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
                 for i, u in enumerate(user_ids)]
+
+    @torch.no_grad()
+    def step_one(self, events: Sequence[LogEvent], states: torch.Tensor, previous: Sequence[int | None]
+                 ) -> torch.Tensor:
+        """:meth:`advance` for exactly one event per user, without building a padded batch: ``B`` events and states
+        ``(B, H)`` -> new states ``(B, H)``; gaps measured from ``previous``, as :meth:`batch` measures them."""
+        stamps = np.array([e[0] for e in events], dtype=np.int64)
+        known = np.array([p is not None for p in previous])
+        before = np.array([p if p is not None else 0 for p in previous], dtype=np.int64)
+        gaps = gap_buckets(np.where(known, stamps - before, 0), self.n_gap_buckets)
+        codes = {t: n for n, t in enumerate(dict.fromkeys(e[3] for e in events if e[3]))}
+        table = torch.from_numpy(self.text_vectors(list(codes))).to(self.device) if codes else torch.zeros(0, 0)
+        index = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        inputs = self.network.step_inputs(
+            self.item_vectors, index([self.position[e[1]] for e in events]),
+            index([self.event_rank[e[2]] for e in events]), torch.from_numpy(gaps).to(self.device),
+            index([codes.get(e[3], NO_TEXT) for e in events]), table)  # (B, D)
+        return self.network.interest_model.step(inputs, states)
 
     def sorted(self, rows: Iterable[LogEvent]) -> list[LogEvent]:
         """``rows`` in training's time order: timestamp, interactions before text events, then item id, text and

@@ -140,8 +140,8 @@ class InterestModel(nn.Module):
 
     def step(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """One event for each of ``B`` users: inputs ``(B, D)``, states ``(B, H)`` -> new states ``(B, H)``."""
-        _, h_n = self.gru(inputs.unsqueeze(1), state.unsqueeze(0).contiguous())
-        return h_n[0]
+        gru = self.gru  # the GRU's own cell kernel: a one-step sequence through nn.GRU costs several times more
+        return torch.gru_cell(inputs, state, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
     def interest(self, states: torch.Tensor) -> torch.Tensor:
         """Interest vectors ``(..., D)`` from GRU states ``(..., H)``."""
