@@ -1,5 +1,5 @@
-"""Baselines: ID-only (popularity, BPR, GRU4Rec, SASRec) and content kNN, networks on the contract every mmrec model shares
-(:mod:`mmrec.baselines.base`); :func:`mmrec.train.baselines.fit_baseline` trains them.
+"""Baselines: ID-only (popularity, BPR, GRU4Rec, SASRec) and content kNN, networks on the contract every mmrec
+model shares (:mod:`mmrec.baselines.base`); :func:`mmrec.train.baselines.fit_baseline` trains them.
 
 Example::
 

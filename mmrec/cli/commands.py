@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .options import (EXIT_OK, EXIT_REJECTED, EXIT_USAGE, JSON_HELP, NEW_ITEM_EXPOSURE_HELP, NEW_ITEM_NEIGHBOURS_HELP,
                       NEW_ITEM_RECALL_RATIO_HELP, PRECISION_HELP, PRECISIONS, SIGNALS, TABLE_FORMATS,
-                      add_data_arguments, add_id_key_argument, add_unknown_items_argument, check_data_arguments, csv_list, device_type, fail,
+                      add_data_arguments, add_id_key_argument, add_unknown_items_argument, check_data_arguments,
+                      csv_list, device_type, fail,
                       names_list, non_negative_float, non_negative_int, positive_float, positive_int, print_json_last,
                       require_file, require_folder, require_folder_or_absent, require_store, seed_int, seeds_list)
 from .engine import add_engine_arguments, engine_usage_error, ray_config
