@@ -111,13 +111,11 @@ class EventFolder:
         if not user_ids:
             return []
         seqs = [self.sorted(events[u]) for u in user_ids]
-        init = self.network.interest_model.initial(len(user_ids)).clone()
-        for i, u in enumerate(user_ids):
-            if starts[u] is not None:
-                init[i] = torch.tensor(starts[u].state)
+        initial = self.network.interest_model.initial_state.detach().cpu().numpy()
+        init = torch.from_numpy(np.stack([starts[u].state if starts[u] is not None else initial for u in user_ids]))
         previous = [starts[u].last_timestamp if starts[u] else None for u in user_ids]
         if all(len(s) == 1 for s in seqs):  # one new event each, as observe brings: one GRU cell step, no padding
-            h = self.step_one([s[0] for s in seqs], init.to(self.device), previous)
+            h = self._step_one([s[0] for s in seqs], init.to(self.device), previous)
             interest = self.network.interest_model.interest(h)
         else:
             h, interest = self.advance(seqs, init.to(self.device), previous)
@@ -126,11 +124,11 @@ class EventFolder:
                           (starts[u].n_events if starts[u] else 0) + len(seqs[i]))
                 for i, u in enumerate(user_ids)]
 
-    @torch.no_grad()
-    def step_one(self, events: Sequence[LogEvent], states: torch.Tensor, previous: Sequence[int | None]
-                 ) -> torch.Tensor:
+    def _step_one(self, events: Sequence[LogEvent], states: torch.Tensor, previous: Sequence[int | None]
+                  ) -> torch.Tensor:
         """:meth:`advance` for exactly one event per user, without building a padded batch: ``B`` events and states
-        ``(B, H)`` -> new states ``(B, H)``; gaps measured from ``previous``, as :meth:`batch` measures them."""
+        ``(B, H)`` -> new states ``(B, H)``; gaps measured from ``previous``, as :meth:`batch` measures them. Runs
+        under :meth:`step`'s inference mode."""
         stamps = np.array([e[0] for e in events], dtype=np.int64)
         known = np.array([p is not None for p in previous])
         before = np.array([p if p is not None else 0 for p in previous], dtype=np.int64)

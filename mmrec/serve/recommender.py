@@ -108,6 +108,7 @@ class Recommender:
         self.users = UserCache(store, self.folder, self.model_id, self._cold, self.items.row,
                                self.interaction_events, self._lock)
         self._commits: GroupCommit[dict[str, int]] = GroupCommit(self._commit)
+        self._checked_at: int | None = None  # the data_version at which this model was last found current
 
     # -- loading -----------------------------------------------------------------------------------------------
     @classmethod
@@ -378,8 +379,10 @@ class Recommender:
         # The write lock is taken before the log and the states are read: another process applying events for
         # the same user in between would otherwise be overwritten (lost) or folded in twice.
         with self._lock, self.store.transaction():
-            self._check_current()
-            self.users.sync()
+            version = self.users.sync()
+            if version != self._checked_at:  # only another connection's commit (a retrain) can make this model stale
+                self._check_current()
+                self._checked_at = version
             users = list(dict.fromkeys(r[0] for r in rows))
             known = self.users.known(users)  # before this batch's events are inserted
             fresh_mask = self.store.insert_events(rows)

@@ -48,13 +48,15 @@ class UserCache:
         self._seen: dict[str, torch.Tensor] = {}
         self._version = store.data_version()
 
-    def sync(self) -> None:
-        """Start over when another connection committed since the cache was filled."""
+    def sync(self) -> int:
+        """Start over when another connection committed since the cache was filled; returns the store's
+        ``data_version``."""
         with self.lock:
             version = self.store.data_version()
             if version != self._version or len(self._users) > MAX_CACHED_USERS:
                 self.clear()
                 self._version = version
+            return version
 
     def clear(self) -> None:
         with self.lock:
