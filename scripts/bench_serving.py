@@ -186,12 +186,12 @@ def bench_observe(store: Path, tmp: Path, n: int) -> None:
             db.execute("COMMIT")
 
         floor_sql = timed(commit, n)
-        folder, state = rec.folder, rec.model.interest_model.initial(1)
+        folder = rec.folder  # the step observe runs for one new event, without the store
         event = [(base, items[0], rec.default_event, "")]
 
         @torch.inference_mode()
         def step(i):
-            folder.advance([event], state, [base - 1])
+            folder.step(rec.model_id, ["u"], {"u": event}, {"u": None})
 
         floor_step = timed(step, n)
         floor = floor_sql + floor_step
