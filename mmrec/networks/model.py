@@ -248,13 +248,17 @@ class MultimodalRecommender(nn.Module):
             out = out.masked_fill(empty[:, None, None], 0.0)
         return out, last
 
-    def leave_one_out_states(self, batch: SequenceBatch, vectors: torch.Tensor,
+    def leave_one_out_states(self, history: SequenceBatch, rejoined: SequenceBatch, vectors: torch.Tensor,
                              text_table: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`InterestModel.leave_one_out` from the initial state, ``(L + 1, H)``: row 0 of ``batch`` holds the
-        ``L`` events, row ``t`` (``1 <= t < L``) event ``t`` alone, its time gap measured without event ``t - 1``."""
-        inputs = self.step_inputs(vectors, batch.items, batch.events, batch.gaps, batch.texts, text_table)
-        n = int(batch.lengths[0])
-        return self.interest_model.leave_one_out(inputs[0, :n], inputs[1:n, 0], self.interest_model.initial(1))
+        """:meth:`InterestModel.leave_one_out` from the initial state, ``(L + 1, H)``: ``history`` is one row of
+        ``L`` events, ``rejoined`` ``L`` rows of one event, row ``t >= 1`` event ``t`` with its time gap measured
+        without event ``t - 1`` (row 0 is not read); both index ``text_table``."""
+        def inputs(b: SequenceBatch) -> torch.Tensor:
+            return self.step_inputs(vectors, b.items, b.events, b.gaps, b.texts, text_table)
+
+        n = int(history.lengths[0])
+        return self.interest_model.leave_one_out(inputs(history)[0, :n], inputs(rejoined)[1:n, 0],
+                                                 self.interest_model.initial(1))
 
     def interests(self, batch: SequenceBatch, vectors: torch.Tensor, text_table: torch.Tensor | None = None):
         """``(B, D)`` interest vectors after each row's events (from the initial state)."""

@@ -47,10 +47,11 @@ def leave_one_out(folder: EventFolder, scorer: MLPScorer, window: list[LogEvent]
     logit with the whole window minus the logit without event ``i``. ``previous``: the timestamp before the window
     (:meth:`EventFolder.window`)."""
     n, network = len(window), folder.network
-    # row t >= 1: event t alone, its time gap counted from the event before t - 1 (which is left out)
-    before = ([previous, previous] + [e[0] for e in window[: n - 2]])[:n]
-    batch, table = folder.batch([window] + [[e] for e in window[1:]], before)
-    states = network.leave_one_out_states(batch, folder.item_vectors, table)  # (L + 1, H)
+    history, table = folder.batch([window], [previous])  # (1, L)
+    # row t >= 1: event t alone, its time gap counted from the event before t - 1 (left out). Texts are coded in
+    # order of appearance, the same order as the history's: both batches read the history's text table.
+    rejoined, _ = folder.batch([[e] for e in window], ([previous, previous] + [e[0] for e in window[: n - 2]])[:n])
+    states = network.leave_one_out_states(history, rejoined, folder.item_vectors, table)  # (L + 1, H)
     interests = network.interest_model.interest(states)  # (L + 1, D)
     logits = scorer.logits(interests, vectors.expand(n + 1, *vectors.shape))  # (L + 1, C)
     return logits[0] - logits[1:]
