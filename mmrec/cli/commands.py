@@ -136,6 +136,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def train_command(args: argparse.Namespace) -> int:
     from ..networks.model import ModelConfig
     from ..train import TrainConfig, train_store
+    from ..train.distributed import is_main_process
 
     check_data_arguments(args)
     model = ModelConfig(max_len=args.max_len, use_text="text" in args.modalities,
@@ -147,6 +148,8 @@ def train_command(args: argparse.Namespace) -> int:
                          show_progress=None if sys.stderr.isatty() else False, model=model)
     summary = train_store(args.store, args.interactions, args.context_events, config,
                           unknown_items=args.unknown_items, id_key=args.id_key)
+    if not is_main_process():  # under torchrun rank 0 writes the index and reports; the other processes only trained
+        return EXIT_OK
     _update_index(args.store)
     valid = summary["valid"]
     print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: valid ndcg@10 {valid['ndcg@10']:.4f}, "

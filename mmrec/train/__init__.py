@@ -1,5 +1,6 @@
-"""Training: our model's loop and its new-item calibration, the baselines' loop, and the train/evaluate jobs. It
-writes a trained model (:mod:`mmrec.trained`) that :mod:`mmrec.serve` loads."""
+"""Training: our model's loop and its new-item calibration, the baselines' loop, the train/evaluate jobs, and
+training on several processes under torchrun (:mod:`mmrec.train.distributed`). It writes a trained model
+(:mod:`mmrec.trained`) that :mod:`mmrec.serve` loads."""
 
 from .config import EXPOSURES, TrainConfig
 from .data import TrainingData, load_training_data

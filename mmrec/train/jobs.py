@@ -17,6 +17,7 @@ from ..store import Store
 from ..trained import MODEL_DIR, TrainedModel, check_encoders, model_device
 from .config import TrainConfig
 from .data import event_log_rows, load_training_data
+from .distributed import Ranks, main_first, process_group
 from .evaluate import evaluate_model
 from .loop import fit
 
@@ -44,15 +45,29 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
     refreshed or observed afterwards are appended to the new log.
 
     ``id_key`` (a key file, :mod:`mmrec.pseudonym`; ``None``: ``MMREC_ID_KEY``): user ids are stored as pseudonyms.
-    A store of raw ids trained with a key becomes pseudonymised, its file rebuilt so no raw id is left in it."""
+    A store of raw ids trained with a key becomes pseudonymised, its file rebuilt so no raw id is left in it.
+
+    Under torchrun (``torchrun --nproc-per-node N -m mmrec train ...``) each process trains on its share of every
+    batch (:mod:`mmrec.train.distributed`); rank 0 alone logs, writes the store and returns the summary, the other
+    processes only read the store and return ``{"rank", "world_size"}``."""
     config = config or TrainConfig()
+    with process_group(config.device) as ranks:
+        return _train_store(store_dir, interactions, context_events, config, log, unknown_items, text_encoder, id_key,
+                            ranks)
+
+
+def _train_store(store_dir, interactions, context_events, config: TrainConfig, log, unknown_items: str, text_encoder,
+                 id_key, ranks: Ranks | None) -> dict:
+    if ranks is not None and not ranks.main:
+        log = None
     store = Store(store_dir, create=False)
     key = bind_id_key(store, id_key, replacing_users=True)
     converting = key is not None and store.get_meta(FINGERPRINT_META) is None
     # users forgotten in this store (`mmrec forget`) never come back from the files: their rows are dropped here
     interactions = pseudonymise_table(without_forgotten(store, interactions, "interactions", key), key)
     context_events = pseudonymise_table(without_forgotten(store, context_events, "context events", key), key)
-    data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
+    with main_first(ranks):  # rank 0 caches the event texts it embeds in the store; the others then read them
+        data = load_training_data(store, interactions, context_events, text_encoder, unknown_items=unknown_items)
     # Parsed before training and saving: bad input must fail fast and leave the stored model untouched.
     event_log = event_log_rows(interactions, context_events, data)
     if log:
@@ -60,7 +75,9 @@ def train_store(store_dir, interactions, context_events=None, config: TrainConfi
             f"({int((~data.behaviour.is_interaction).sum())} with text, {data.n_context_dropped} context rows "
             f"skipped: unknown user/item, empty text, bad timestamp or repeated row); "
             f"stored features: {data.encoders}")
-    result = fit(data, config, log)
+    result = fit(data, config, log, ranks)
+    if result is None:
+        return {"rank": ranks.rank, "world_size": ranks.world_size}
     network = result.model.cpu()
     model_id = _model_id(network, config.seed)
     counts = np.bincount(data.split.train.event, minlength=len(data.event_names))

@@ -24,6 +24,8 @@ from ..networks.model import ModelConfig, MultimodalRecommender
 from .calibration import calibrate_new_item_bias, calibrate_new_item_slots
 from .config import TrainConfig
 from .data import TrainingData
+from .distributed import (Ranks, check_in_sync, mean_over_ranks, process_batch_size, rank_zero_decides,
+                          separate_random_streams, share, training_loss)
 from .evaluate import evaluate_model
 
 __all__ = ["FitResult", "WeightAverage", "check_store_modalities", "fit", "repeatable_training", "seed_everything",
@@ -132,11 +134,17 @@ def repeatable_training(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
 
 
-def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | None = print) -> FitResult:
-    """Train a fresh model on ``data`` with early stopping on validation NDCG@10; returns the best weights."""
+def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | None = print,
+        ranks: Ranks | None = None) -> FitResult | None:
+    """Train a fresh model on ``data`` with early stopping on validation NDCG@10; returns the best weights.
+
+    ``ranks``: this process's place in a torchrun job (:mod:`mmrec.train.distributed`), which decides the device.
+    Each process trains on its share of every batch; rank 0 validates, decides for all when to stop, calibrates
+    and returns the result, the others return ``None``."""
     check_store_modalities(config.model, data.encoders, log)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = ranks.device if ranks is not None else resolve_device(config.device)
+    main = ranks is None or ranks.main
     if device.type == "cuda":
         # TF32 matmuls on GPU (the full softmax is one large matrix product per step); CPU stays float32.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -144,6 +152,12 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     averaged = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     evaluated = averaged.model if averaged is not None else model
+    loss_of = training_loss(model, ranks)
+    separate_random_streams(config.seed, ranks)
+    if ranks is not None and log:
+        per_process = process_batch_size(config.batch_size, ranks)
+        log(f"{ranks.world_size} processes on {device.type}: each trains on {per_process} windows of every batch of "
+            f"{per_process * ranks.world_size}")
     max_len = model.max_len
     windows = data.behaviour.windows(max_len, config.stride or max(1, max_len // 2))
     features = data.features.to(device)
@@ -151,19 +165,19 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
     model.bind(features, table)
     evaluated.bind(features, table)
     rng = np.random.default_rng(config.seed)
-    show = config.show_progress if config.show_progress is not None else True
+    show = (config.show_progress if config.show_progress is not None else True) and main
     best, best_epoch, best_state, history, waited = -1.0, 0, None, [], 0
     started = time.perf_counter()
     with repeatable_training(device):
         for epoch in range(1, config.epochs + 1):
             model.train()
             tick = time.perf_counter()
-            order = rng.permutation(len(windows))
+            order, batch_size = share(rng.permutation(len(windows)), config.batch_size, ranks)
             totals: dict[str, float] = {}
-            steps = range(0, len(order), config.batch_size)
+            steps = range(0, len(order), batch_size)
             for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not show, unit="batch"):
-                batch = windows.batch(order[start : start + config.batch_size]).to(device)
-                loss = model.loss(batch)
+                batch = windows.batch(order[start : start + batch_size]).to(device)
+                loss = loss_of(batch)
                 parts = model.loss_parts
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -173,26 +187,32 @@ def fit(data: TrainingData, config: TrainConfig, log: Callable[[str], None] | No
                     averaged.update(model)
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0.0) + v / len(steps)
+            totals = mean_over_ranks(totals, ranks)
             train_seconds = time.perf_counter() - tick
             if averaged is not None:
                 averaged.materialise()
-            valid = evaluate_model(evaluated, data, "valid", config.eval_batch_size).metrics
-            row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
-                   **{f"valid_{k}": round(v, 4) for k, v in valid.items()}, "train_seconds": round(train_seconds, 2)}
-            history.append(row)
-            improved = valid["ndcg@10"] > best
-            if improved:
-                best, best_epoch, waited = valid["ndcg@10"], epoch, 0
-                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-                best_valid = valid
-            else:
-                waited += 1
-            if log:
-                parts_text = " ".join(f"{k}={v:.4f}" for k, v in totals.items())
-                log(f"epoch {epoch:>2}  {parts_text}  valid ndcg@10={valid['ndcg@10']:.4f} "
-                    f"recall@10={valid['recall@10']:.4f}  {train_seconds:.1f}s{'  *' if improved else ''}")
-            if waited >= config.patience:
+            if main:
+                valid = evaluate_model(evaluated, data, "valid", config.eval_batch_size).metrics
+                row = {"epoch": epoch, **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
+                       **{f"valid_{k}": round(v, 4) for k, v in valid.items()},
+                       "train_seconds": round(train_seconds, 2)}
+                history.append(row)
+                improved = valid["ndcg@10"] > best
+                if improved:
+                    best, best_epoch, waited = valid["ndcg@10"], epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+                    best_valid = valid
+                else:
+                    waited += 1
+                if log:
+                    parts_text = " ".join(f"{k}={v:.4f}" for k, v in totals.items())
+                    log(f"epoch {epoch:>2}  {parts_text}  valid ndcg@10={valid['ndcg@10']:.4f} "
+                        f"recall@10={valid['recall@10']:.4f}  {train_seconds:.1f}s{'  *' if improved else ''}")
+            if rank_zero_decides(waited >= config.patience, ranks):
                 break
+    check_in_sync(ranks, model, evaluated)
+    if not main:
+        return None
     model.load_state_dict(best_state)
     model.eval()
     if config.new_item_exposure == "slots" and config.new_item_recall_ratio > 0:
