@@ -200,6 +200,37 @@ def bench_observe(store: Path, tmp: Path, n: int) -> None:
         rec.close()
 
 
+def bench_load_large(store: Path, tmp: Path, n: int) -> None:
+    """``Recommender.load`` of a store grown to ``n`` items: synthetic items whose vectors training stored (random,
+    at the store's model), so the load reads them in bulk as it reads real ones. Exact retrieval: an ANN index is
+    built by `mmrec train`, not by the load."""
+    from mmrec import Recommender
+
+    copy = tmp / "load-large"
+    shutil.copytree(store, copy, ignore=shutil.ignore_patterns("index"))
+    db = sqlite3.connect(copy / "mmrec.sqlite", isolation_level=None)
+    (model, dim), have = db.execute("SELECT model, length(vector) / 4 FROM item_vectors LIMIT 1").fetchone(), \
+        db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    rng = np.random.default_rng(0)
+    db.execute("BEGIN")
+    for start in range(0, n - have, 100_000):
+        ids = [f"synthetic-{i}" for i in range(start, min(start + 100_000, n - have))]
+        vectors = rng.standard_normal((len(ids), dim), dtype=np.float32)
+        db.executemany("INSERT INTO items (item_id, title, text, updated_at) VALUES (?, '', '', 0)",
+                       [(i,) for i in ids])
+        db.executemany("INSERT INTO item_vectors VALUES (?, ?, ?)",
+                       [(i, model, v.tobytes()) for i, v in zip(ids, vectors)])
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    seconds = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        Recommender.load(copy, device="cpu", retrieval="exact").close()
+        seconds.append(time.perf_counter() - tick)
+    row(f"Recommender.load, {n:,} items", f"median {np.median(seconds):.2f} s", f"first {seconds[0]:.2f} s")
+
+
 def bench_refresh(store: Path, tmp: Path) -> None:
     from mmrec import Recommender
 
@@ -345,7 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="HTTP load duration per endpoint (0: skip)")
     p.add_argument("--workers", type=int, default=1, help="mmrec serve --workers")
     p.add_argument("--texts", type=int, default=1000, help="texts for the encoder timing (0: skip)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: api,large,observe,refresh,http,int8")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: api,large,load,observe,refresh,http,int8")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(1)
@@ -356,6 +387,8 @@ def main(argv=None) -> int:
         rec, users, interests = bench_api(args.store, args.calls)
         if args.large and "large" not in skip:
             bench_large(rec, interests, args.large, min(len(users), 500), args.build_threads)
+        if args.large and "load" not in skip:
+            bench_load_large(args.store, tmp, args.large)
         if "observe" not in skip:
             bench_observe(args.store, tmp, args.calls)
         if "refresh" not in skip:

@@ -168,9 +168,14 @@ def sort_ranks(ids: Sequence[str]) -> np.ndarray:
     """
     n = len(ids)
     strings = np.asarray(ids, dtype=str) if n else np.empty(0, dtype=str)
-    numbers = pd.to_numeric(pd.Series(list(ids), dtype=object), errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
+    # only an id starting with a digit, a sign or a point can be a finite number: parsing the others one by one is
+    # most of the time on a catalogue of string ids
+    first = strings.astype("<U1")
+    maybe = ((first >= "0") & (first <= "9")) | np.isin(first, ["+", "-", "."])
+    numbers = np.full(n, np.nan)
+    if maybe.any():
+        numbers[maybe] = pd.to_numeric(pd.Series(strings[maybe], dtype=object), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
     is_number = np.isfinite(numbers)
     order = np.lexsort((strings, np.where(is_number, numbers, 0.0), ~is_number))
     ranks = np.empty(n, dtype=np.int64)

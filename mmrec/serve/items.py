@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..store import Store
@@ -57,10 +58,10 @@ def load_items(store: Store, trained: TrainedModel, device: torch.device) -> Ser
     vectors = np.zeros((len(ids), dim), np.float32)
     have = np.zeros(len(ids), bool)
     if model == trained.model_id and matrix.shape[1] == dim:
-        at = np.fromiter((row.get(i, -1) for i in stored_ids), dtype=np.int64, count=len(stored_ids))
-        found = at >= 0
-        vectors[at[found]] = matrix[found]
-        have[at[found]] = True
+        at = pd.Index(stored_ids).get_indexer(ids)  # (N,) each item's stored row, -1: none
+        have = at >= 0
+        vectors = matrix[np.where(have, at, 0)]  # one gather, no per-id Python
+        vectors[~have] = 0.0
     missing = np.flatnonzero(~have)
     if len(missing):
         # Neighbour-built new items read every trained item's text, so they are fused with the whole catalogue;
