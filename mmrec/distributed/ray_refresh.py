@@ -233,8 +233,7 @@ def _refresh_once(store_dir, events, rebuild: bool, batch_users: int, ray_config
                 for batch in batches:
                     _commit(rec, batch, report)
         if rebuild:
-            report.users_recomputed += rec.rebuild()
-            report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
+            report.add_rebuilt(rec.rebuild())
         return report
     finally:
         rec.store.close()

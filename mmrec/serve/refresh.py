@@ -31,6 +31,11 @@ class RefreshReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def add_rebuilt(self, users: int) -> None:
+        """Count a rebuild of ``users`` users from their logs: each is recomputed, and so refreshed."""
+        self.users_recomputed += users
+        self.users_refreshed = max(self.users_refreshed, self.users_recomputed)
+
 
 def validate_events(table: EventTable, rec: Recommender) -> tuple[list[tuple], list[dict]]:
     """Rows ``(user_id, timestamp, item_id, event, text)`` that can be applied, and the rejected ones: ``row`` (data
@@ -132,8 +137,7 @@ def _refresh_once(store_dir, events, rebuild: bool, batch_users: int, id_key) ->
                 report.events_duplicate += counts["duplicates"]
                 report.users_recomputed += counts["recomputed"]
         if rebuild:
-            report.users_recomputed += rec.rebuild()
-            report.users_refreshed = max(report.users_refreshed, report.users_recomputed)
+            report.add_rebuilt(rec.rebuild())
         return report
     finally:
         rec.store.close()
